@@ -47,7 +47,9 @@ class ManualLinearFunction(Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         input, weight, bias = inputs
-        ctx.save_for_backward(input, weight)
+        need_input, need_weight, _ = ctx.needs_input_grad
+        # dX needs only W, dW only X: keep just those, as native autograd does.
+        ctx.save_for_backward(input if need_weight else None, weight if need_input else None)
         ctx.save_for_forward(input, weight)
         ctx.out_shape = output.shape
 
@@ -59,9 +61,9 @@ class ManualLinearFunction(Function):
         if need_input:
             grad_input = grad_output @ weight  # (*, in)
         if need_weight or need_bias:
-            grad_2d = grad_output.reshape(-1, weight.shape[0])  # (N, out)
+            grad_2d = grad_output.reshape(-1, grad_output.shape[-1])  # (N, out)
             if need_weight:
-                grad_weight = grad_2d.t() @ input.reshape(-1, weight.shape[1])  # (out, in)
+                grad_weight = grad_2d.t() @ input.reshape(-1, input.shape[-1])  # (out, in)
             if need_bias:
                 grad_bias = grad_2d.sum(0)  # (out,)
         return grad_input, grad_weight, grad_bias

@@ -32,51 +32,67 @@ class ManualMSEFunction(Function):
 
     then each is summed back over the dimensions that broadcasting added or stretched, to
     the shape of its own input. Only the gradients that ``ctx.needs_input_grad`` asks for
-    are formed; the backward recomputes ``y_hat - y`` from the saved inputs in
-    differentiable ops, so double backward is exact.
+    are formed.
 
-    Forward-mode (jvp): ``dL = reduce(2 (y_hat - y) (d y_hat - d y))``.
+    The Function returns two outputs, ``L`` and ``D = y_hat - y``, and saves ``D`` for the
+    backward rather than recomputing it from the inputs. Saving a tensor made inside
+    ``forward`` would cut it off the graph, making double backward silently wrong; as an
+    output, ``D`` stays on the graph through this Function, whose backward then also
+    receives ``G_D = dL'/dD`` (nonzero only in double backward) and adds it by the chain rule:
+    ``dL'/dy_hat = 2 D g [/ N] + G_D``. The wrappers return ``L`` alone.
+
+    Forward-mode (jvp): ``dD = d y_hat - d y`` and ``dL = reduce(2 D dD)``.
     """
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(input: Tensor, target: Tensor, reduction: str) -> Tensor:
-        return _reduce(torch.square(input - target), reduction)
+    def forward(input: Tensor, target: Tensor, reduction: str) -> tuple[Tensor, Tensor]:
+        diff = input - target  # D  (S)
+        if reduction == "none":
+            return diff.square(), diff
+        flat = diff.reshape(-1)
+        total = torch.dot(flat, flat)  # sum of D^2 as one dot product: no squared temporary
+        return (total / flat.numel() if reduction == "mean" else total), diff
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         input, target, reduction = inputs
-        ctx.save_for_backward(input, target)
-        ctx.save_for_forward(input, target)
+        _, diff = output
+        ctx.save_for_backward(diff)
+        ctx.save_for_forward(diff)
+        ctx.set_materialize_grads(False)  # the D output is unused outside double backward
         ctx.reduction = reduction
+        ctx.shapes = input.shape, target.shape
 
     @staticmethod
-    def backward(ctx, grad_output: Tensor):
-        input, target = ctx.saved_tensors
-        need_input, need_target, _ = ctx.needs_input_grad
-        if not (need_input or need_target):
+    def backward(ctx, grad_loss: Tensor | None, grad_diff: Tensor | None):
+        (diff,) = ctx.saved_tensors
+        grad = grad_diff  # dL'/dD reaching D directly (None outside double backward)
+        if grad_loss is not None:
+            scale = 2.0 * grad_loss  # a scalar for 'mean'/'sum', shape S for 'none'
+            if ctx.reduction == "mean":
+                scale = scale / max(diff.numel(), 1)  # N (max: empty input, empty gradient)
+            grad = diff * scale if grad is None else grad + diff * scale  # 2 D g [/ N]
+        if grad is None:
             return None, None, None
-        diff = input - target  # (S)
-        if ctx.reduction == "mean":
-            grad = diff * (grad_output * (2.0 / max(diff.numel(), 1)))  # 2 (y_hat - y) g / N
-        else:
-            grad = diff * (2.0 * grad_output)  # 2 (y_hat - y) g, elementwise for 'none'
-        grad_input = grad.sum_to_size(input.shape) if need_input else None
-        grad_target = grad.neg().sum_to_size(target.shape) if need_target else None
+        need_input, need_target, _ = ctx.needs_input_grad
+        input_shape, target_shape = ctx.shapes
+        grad_input = grad.sum_to_size(input_shape) if need_input else None  # dD/dy_hat = 1
+        grad_target = grad.neg().sum_to_size(target_shape) if need_target else None  # dD/dy = -1
         return grad_input, grad_target, None
 
     @staticmethod
     def jvp(ctx, input_t: Tensor | None, target_t: Tensor | None, _):
-        input, target = ctx.saved_tensors
-        diff = input - target  # (S)
+        (diff,) = ctx.saved_tensors
         if input_t is None:
             diff_t = -target_t
         elif target_t is None:
             diff_t = input_t
         else:
             diff_t = input_t - target_t
-        return _reduce(2.0 * diff * diff_t, ctx.reduction)
+        diff_t = diff_t.expand(diff.shape)  # dD (S)
+        return _reduce(2.0 * diff * diff_t, ctx.reduction), diff_t
 
 
 def _reduce(elementwise: Tensor, reduction: str) -> Tensor:
@@ -132,11 +148,11 @@ def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
         # Autocast runs mse_loss in float32, like native: widen, then run with autocast off.
         dtype = torch.promote_types(torch.result_type(input, target), torch.float32)
         with torch.autocast(input.device.type, enabled=False):
-            return _mse(input.to(dtype), target.to(dtype), reduction)
+            return _mse(input.to(dtype), target.to(dtype), reduction)[0]
     if input.dtype != target.dtype:
         dtype = torch.result_type(input, target)
         input, target = input.to(dtype), target.to(dtype)
-    return _mse(input, target, reduction)
+    return _mse(input, target, reduction)[0]
 
 
 class ManualMSELoss(nn.MSELoss):

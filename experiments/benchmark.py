@@ -1,0 +1,347 @@
+"""Speed and memory of manualgrad against native autograd, as ratios (manual / native).
+
+Each case times native and manual forward + backward alternately in one process (the
+order flips every repeat), and quotes the median of the per-repeat ratios, so drift and
+noise on a shared machine hit both sides alike. Memory is compared on bytes that
+autograd saves for backward (CPU and CUDA) and on CUDA's peak allocation.
+
+    python experiments/benchmark.py                      # CPU, writes experiments/results/
+    python experiments/benchmark.py --device cuda        # the GPU cases
+    python experiments/benchmark.py --smoke              # seconds: CI's check that it runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils import benchmark
+
+import manualgrad
+from manualgrad.functional import mse_loss
+
+
+@dataclass
+class Case:
+    name: str
+    goal: float  # the ratio manual / native must not exceed
+    native: Callable[[], object]
+    manual: Callable[[], object]
+    flops: float = 0.0  # per call, for TFLOP/s
+    kind: str = "time"  # "time" or "memory"
+
+
+@dataclass
+class Result:
+    name: str
+    goal: float
+    kind: str
+    native: float  # median seconds per call, or bytes
+    manual: float
+    ratio: float  # median over repeats of manual / native
+    ratios: list[float] = field(default_factory=list)
+    native_tflops: float | None = None
+    manual_tflops: float | None = None
+
+    @property
+    def met(self) -> bool:
+        return self.ratio <= self.goal
+
+
+# ---- workloads -----------------------------------------------------------------------
+
+
+def mlp(layer: type[nn.Linear], sizes: list[int], device, dtype=torch.float32) -> nn.Sequential:
+    mods: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        mods.append(layer(a, b, device=device, dtype=dtype))
+        if i < len(sizes) - 2:
+            mods.append(nn.ReLU())
+    return nn.Sequential(*mods)
+
+
+def twin_mlps(sizes: list[int], device) -> tuple[nn.Module, nn.Module]:
+    manual = mlp(manualgrad.ManualLinear, sizes, device)
+    native = mlp(nn.Linear, sizes, device)
+    native.load_state_dict(manual.state_dict())
+    return manual, native
+
+
+def train_step(model: nn.Module, loss_fn: Callable, x, y, autocast: torch.dtype | None = None):
+    """One forward + backward, as a training loop runs it."""
+
+    def step():
+        for p in model.parameters():
+            p.grad = None
+        with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
+            loss = loss_fn(model(x), y)
+        loss.backward()
+
+    return step
+
+
+def layer_step(fn: Callable, x, w, b, autocast: torch.dtype | None = None):
+    def step():
+        x.grad = w.grad = b.grad = None
+        with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
+            out = fn(x, w, b)
+        out.backward(torch.ones_like(out))
+
+    return step
+
+
+def layer_case(name, n, device, goal, autocast=None, dtype=torch.float32) -> Case:
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(n, n, device=device, dtype=dtype, generator=gen, requires_grad=True)
+    w = torch.randn(n, n, device=device, dtype=dtype, generator=gen).div_(n**0.5).requires_grad_()
+    b = torch.zeros(n, device=device, dtype=dtype, requires_grad=True)
+    return Case(
+        name,
+        goal,
+        layer_step(F.linear, x, w, b, autocast),
+        layer_step(manualgrad.functional.linear, x, w, b, autocast),
+        flops=3 * 2 * n**3,  # forward, dX and dW: three n^3 products
+    )
+
+
+def mse_case(n, device, goal) -> Case:
+    gen = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, device=device, generator=gen, requires_grad=True)
+    b = torch.randn(n, device=device, generator=gen)
+
+    def step(fn):
+        def run():
+            a.grad = None
+            fn(a, b).backward()
+
+        return run
+
+    return Case(f"MSE on {n:,} elements", goal, step(F.mse_loss), step(mse_loss))
+
+
+def mlp_case(name, sizes, batch, device, goal, compiled=False, autocast=None) -> Case:
+    manual, native = twin_mlps(sizes, device)
+    if compiled:
+        manual, native = torch.compile(manual), torch.compile(native)
+    x = torch.randn(batch, sizes[0], device=device)
+    y = torch.randn(batch, sizes[-1], device=device)
+    return Case(
+        name,
+        goal,
+        train_step(native, nn.MSELoss(), x, y, autocast),
+        train_step(manual, manualgrad.ManualMSELoss(), x, y, autocast),
+    )
+
+
+# ---- measurement ---------------------------------------------------------------------
+
+
+def time_once(fn: Callable, min_run_time: float) -> float:
+    return (
+        benchmark.Timer("fn()", globals={"fn": fn})
+        .blocked_autorange(min_run_time=min_run_time)
+        .median
+    )
+
+
+def saved_bytes(fn: Callable) -> int:
+    """Bytes of distinct storages autograd saves for backward during ``fn``."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(storages.values())
+
+
+def cuda_peak_bytes(fn: Callable) -> int:
+    fn()  # warm-up: allocator caches, lazy init
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def measure(case: Case, repeats: int, min_run_time: float) -> Result:
+    if case.kind != "time":
+        n, m = case.native(), case.manual()
+        return Result(case.name, case.goal, case.kind, n, m, m / n, [m / n])
+    case.native(), case.manual()  # warm-up (and compile)
+    natives, manuals, ratios = [], [], []
+    for r in range(repeats):
+        order = [("n", case.native), ("m", case.manual)]
+        times = dict((k, time_once(fn, min_run_time)) for k, fn in order[:: 1 if r % 2 else -1])
+        natives.append(times["n"])
+        manuals.append(times["m"])
+        ratios.append(times["m"] / times["n"])
+    n, m = statistics.median(natives), statistics.median(manuals)
+    result = Result(case.name, case.goal, "time", n, m, statistics.median(ratios), ratios)
+    if case.flops:
+        result.native_tflops, result.manual_tflops = case.flops / n / 1e12, case.flops / m / 1e12
+    return result
+
+
+def memory_case(name, sizes, batch, device, autocast=None) -> list[Case]:
+    manual, native = twin_mlps(sizes, device)
+    x = torch.randn(batch, sizes[0], device=device)
+    y = torch.randn(batch, sizes[-1], device=device)
+    steps = (
+        train_step(native, nn.MSELoss(), x, y, autocast),
+        train_step(manual, manualgrad.ManualMSELoss(), x, y, autocast),
+    )
+    cases = [
+        Case(
+            f"{name}: saved for backward",
+            1.0,
+            *(lambda s=s: saved_bytes(s) for s in steps),
+            kind="memory",
+        )
+    ]
+    if device == "cuda":
+        cases.append(
+            Case(
+                f"{name}: CUDA peak",
+                1.0,
+                *(lambda s=s: cuda_peak_bytes(s) for s in steps),
+                kind="memory",
+            )
+        )
+    return cases
+
+
+def cases_for(device: str, smoke: bool) -> list[Case]:
+    if smoke:
+        return [
+            mlp_case("MLP step, eager (smoke)", [8, 16, 1], 4, device, 1.25),
+            layer_case("Linear layer (smoke)", 32, device, 1.02),
+            mse_case(1000, device, 1.0),
+            *memory_case("MLP (smoke)", [8, 16, 1], 4, device),
+        ]
+    small_mlp = [64, 128, 128, 1]
+    if device == "cpu":
+        return [
+            mlp_case("MLP step 256x64->128->128->1, eager", small_mlp, 256, device, 1.25),
+            mlp_case(
+                "MLP step 256x64->128->128->1, compiled",
+                small_mlp,
+                256,
+                device,
+                1.03,
+                compiled=True,
+            ),
+            layer_case("Linear 1024x1024, batch 1024, fp32", 1024, device, 1.02),
+            layer_case(
+                "Linear 1024x1024, batch 1024, bf16 autocast", 1024, device, 1.02, torch.bfloat16
+            ),
+            mse_case(4_000_000, device, 1.0),
+            *memory_case("MLP 4 layers of 1024, batch 1024", [1024] * 5, 1024, device),
+            *memory_case(
+                "MLP 4 layers of 1024, bf16 autocast", [1024] * 5, 1024, device, torch.bfloat16
+            ),
+        ]
+    return [
+        layer_case("Linear 8192^3, fp32", 8192, device, 1.02),
+        layer_case("Linear 8192^3, TF32", 8192, device, 1.02),  # TF32 switched on in main()
+        layer_case("Linear 8192^3, bf16 autocast", 8192, device, 1.02, torch.bfloat16),
+        layer_case("Linear 256x64->64, eager", 64, device, 1.25),
+        mlp_case("MLP step 256x64->128->128->1, eager", small_mlp, 256, device, 1.25),
+        mlp_case(
+            "MLP step 256x64->128->128->1, compiled", small_mlp, 256, device, 1.03, compiled=True
+        ),
+        mse_case(4_000_000, device, 1.0),
+        *memory_case("MLP 4 layers of 4096, batch 4096", [4096] * 5, 4096, device),
+        *memory_case(
+            "MLP 4 layers of 4096, bf16 autocast", [4096] * 5, 4096, device, torch.bfloat16
+        ),
+    ]
+
+
+def machine(device: str) -> dict:
+    info = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def fmt(r: Result) -> str:
+    def unit(v: float) -> str:
+        return f"{v / 2**20:9.1f} MiB" if r.kind == "memory" else f"{v * 1e3:9.3f} ms"
+
+    flops = f"  ({r.native_tflops:.0f} / {r.manual_tflops:.0f} TFLOP/s)" if r.native_tflops else ""
+    mark = "ok " if r.met else "MISS"
+    ratio = f"{r.ratio:6.3f}  <= {r.goal:<5} {mark}"
+    return f"{r.name:<52} {unit(r.native)} {unit(r.manual)}  {ratio}{flops}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny sizes, one repeat: checks it runs"
+    )
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--min-run-time", type=float, default=0.2, help="seconds per timing")
+    parser.add_argument("--out", type=Path, help="JSON file (default: experiments/results/)")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device")
+    repeats, min_run_time = (1, 0.01) if args.smoke else (args.repeats, args.min_run_time)
+
+    started = time.time()
+    results = []
+    print(f"{'case':<52} {'native':>12} {'manual':>12}  ratio   goal")
+    for case in cases_for(args.device, args.smoke):
+        torch.backends.cuda.matmul.allow_tf32 = "TF32" in case.name
+        results.append(measure(case, repeats, min_run_time))
+        print(fmt(results[-1]), flush=True)
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+    report = {
+        "machine": machine(args.device),
+        "device": args.device,
+        "smoke": args.smoke,
+        "repeats": repeats,
+        "seconds": round(time.time() - started, 1),
+        "results": [asdict(r) | {"met": r.met} for r in results],
+    }
+    tag = "smoke" if args.smoke else args.device
+    out = args.out or Path(__file__).parent / "results" / f"benchmark_{tag}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out} ({report['seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
