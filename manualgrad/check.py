@@ -1,0 +1,252 @@
+"""Prove a converted model right: its hand-derived gradients next to native autograd's."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from manualgrad.convert import _set_base_type
+from manualgrad.linear import ManualLinear, ManualLinearFunction
+from manualgrad.mse import ManualMSEFunction, ManualMSELoss
+
+__all__ = ["GradientDiff", "GradientReport", "check_gradients"]
+
+# (rtol, atol) per dtype; a gradient passes when max |manual - native| <= atol + rtol * scale,
+# where scale is its largest native entry. Only the backward differs between the two runs
+# (the forward is the same kernel), so this is summation order, nothing more.
+_TOLERANCES = {
+    torch.float64: (1e-10, 1e-12),
+    torch.float32: (1e-5, 1e-7),
+    torch.bfloat16: (2e-2, 1e-4),
+    torch.float16: (5e-3, 1e-5),
+}
+_NATIVE = ((ManualLinear, nn.Linear), (ManualMSELoss, nn.MSELoss))
+_MANUAL_FUNCTIONS = (ManualLinearFunction, ManualMSEFunction)
+
+
+@dataclass(frozen=True)
+class GradientDiff:
+    """One parameter (or input): how far its hand-derived gradient is from autograd's."""
+
+    name: str
+    shape: tuple[int, ...]
+    max_abs: float  # max |manual - native|
+    max_rel: float  # max_abs / scale
+    scale: float  # max |native|
+    passed: bool
+
+
+@dataclass(frozen=True)
+class GradientReport:
+    """What :func:`check_gradients` found; ``print(report)`` shows it as a table."""
+
+    rows: tuple[GradientDiff, ...]
+    backward_calls: dict[str, int]  # hand-derived Function -> nodes in the manual graph
+    module_calls: dict[str, int]  # manual module name -> forward calls in the manual run
+    loss_manual: float
+    loss_native: float
+
+    @property
+    def max_abs(self) -> float:
+        return max((r.max_abs for r in self.rows), default=0.0)
+
+    @property
+    def max_rel(self) -> float:
+        return max((r.max_rel for r in self.rows), default=0.0)
+
+    @property
+    def passed(self) -> bool:
+        """Every gradient within tolerance, and a hand-derived backward actually ran."""
+        return sum(self.backward_calls.values()) > 0 and all(r.passed for r in self.rows)
+
+    def __str__(self) -> str:
+        calls = ", ".join(f"{k} x{v}" for k, v in self.backward_calls.items()) or "none"
+        lines = [
+            f"check_gradients: {'PASSED' if self.passed else 'FAILED'}; "
+            f"max abs diff {self.max_abs:.3g}, max rel diff {self.max_rel:.3g}",
+            f"hand-derived backward nodes: {calls}; "
+            f"loss manual {self.loss_manual:.8g}, native {self.loss_native:.8g}",
+        ]
+        idle = [name for name, n in self.module_calls.items() if n == 0]
+        if idle:
+            lines.append(f"manual modules whose forward never ran: {', '.join(idle)}")
+        width = max([len("parameter")] + [len(r.name) for r in self.rows])
+        lines.append(f"{'parameter':<{width}}  {'shape':<14} {'max abs':>9} {'max rel':>9}  ok")
+        for r in self.rows:
+            shape = str(tuple(r.shape))
+            lines.append(
+                f"{r.name:<{width}}  {shape:<14} {r.max_abs:>9.3g} {r.max_rel:>9.3g}  "
+                f"{'yes' if r.passed else 'NO'}"
+            )
+        return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _native(modules: list[nn.Module]) -> Iterator[None]:
+    """Temporarily give each manualgrad module the class of its native twin."""
+    saved = [(m, type(m)) for m in modules]
+    try:
+        for m, _ in saved:
+            _set_base_type(m, next(native for manual, native in _NATIVE if isinstance(m, manual)))
+        yield
+    finally:
+        for m, cls in saved:
+            m.__class__ = cls
+
+
+def _backward_nodes(root) -> Counter:
+    """Hand-derived backward nodes in the graph below ``root``, by Function name."""
+    found, seen, stack = Counter(), set(), [root]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        fn_cls = getattr(type(node), "_forward_cls", None)
+        if isinstance(fn_cls, type) and issubclass(fn_cls, _MANUAL_FUNCTIONS):
+            found[fn_cls.__name__] += 1
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return found
+
+
+def _diff(name: str, manual: Tensor, native: Tensor, rtol: float | None, atol: float | None):
+    default_rtol, default_atol = _TOLERANCES.get(native.dtype, _TOLERANCES[torch.float32])
+    rtol = default_rtol if rtol is None else rtol
+    atol = default_atol if atol is None else atol
+    manual, native = manual.detach().double(), native.detach().double()
+    err = torch.where(manual == native, 0.0, (manual - native).abs())  # equal infs agree
+    err = err.masked_fill(manual.isnan() & native.isnan(), 0.0).nan_to_num(nan=math.inf)
+    finite = native[native.isfinite()].abs()
+    max_abs = err.max().item() if err.numel() else 0.0
+    scale = finite.max().item() if finite.numel() else 0.0
+    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
+    passed = max_abs <= atol + rtol * scale
+    return GradientDiff(name, tuple(native.shape), max_abs, max_rel, scale, passed)
+
+
+def check_gradients(
+    model: nn.Module,
+    *example_inputs: Any,
+    target: Any = None,
+    loss_fn: Callable[..., Tensor] | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    seed: int = 0,
+) -> GradientReport:
+    """Run ``model`` once with its hand-derived backward and once with native autograd.
+
+    The native run gives every manualgrad module (``ManualLinear``, ``ManualMSELoss``, in
+    ``model`` and in ``loss_fn`` when it is a module) its native class for the duration,
+    on the same batch, parameters and random state (dropout draws the same masks). The
+    gradient of every parameter that requires one, and of every input tensor that
+    requires one, is compared.
+
+    Args:
+        model: the converted model (see :func:`manualgrad.replace_linear`).
+        *example_inputs: the positional arguments of ``model``.
+        target: passed to ``loss_fn(output, target)`` when given.
+        loss_fn: reduces the output to a scalar: ``loss_fn(output, target)``, or
+            ``loss_fn(output)`` without a target. Default: the output contracted with a
+            fixed random tensor, i.e. a random upstream gradient.
+        rtol, atol: a gradient passes when ``max |manual - native| <= atol + rtol * scale``
+            (``scale``: its largest native entry). Defaults by dtype: float32 ``1e-5, 1e-7``,
+            float64 ``1e-10, 1e-12``.
+        seed: seeds the random state of both runs.
+
+    Nothing about the model changes: gradients come from ``torch.autograd.grad`` (``.grad``
+    is untouched), buffers (BatchNorm statistics) are restored, train/eval mode is kept, and
+    the global random state is restored. Forward hooks run once per run.
+
+    Returns:
+        A :class:`GradientReport`: per parameter ``max_abs`` and ``max_rel`` (``max_abs``
+        over the largest native entry), ``passed``, the hand-derived backward nodes that ran,
+        and manual modules whose forward never ran. ``print(report)`` shows a table.
+
+    Examples::
+
+        >>> model = manualgrad.replace_linear(nn.Sequential(nn.Linear(3, 8), nn.Tanh()))
+        >>> report = manualgrad.check_gradients(model, torch.randn(16, 3))
+        >>> report.passed
+        True
+    """
+    roots = [model] + ([loss_fn] if isinstance(loss_fn, nn.Module) else [])
+    manual = list({id(m): m for r in roots for m in r.modules() if _is_manual(m)}.values())
+    if not manual:
+        raise ValueError(
+            "check_gradients: the model has no ManualLinear or ManualMSELoss module; "
+            "convert it first with manualgrad.replace_linear(model)"
+        )
+    names = {id(m): n or "<model>" for n, m in model.named_modules() if _is_manual(m)}
+    if isinstance(loss_fn, nn.Module):
+        names.update({id(m): n for n, m in loss_fn.named_modules(prefix="loss_fn")})
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    inputs = [
+        (f"input[{i}]", x)
+        for i, x in enumerate(example_inputs)
+        if isinstance(x, Tensor) and x.requires_grad
+    ]
+    wrt = params + inputs
+    if not wrt:
+        raise ValueError("check_gradients: no parameter or input requires a gradient")
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    calls = Counter({id(m): 0 for m in manual})
+
+    def count(module, args, output):
+        calls[id(module)] += 1
+
+    def run() -> tuple[Tensor, tuple[Tensor | None, ...]]:
+        torch.manual_seed(seed)
+        output = model(*example_inputs)
+        if loss_fn is not None:
+            loss = loss_fn(output) if target is None else loss_fn(output, target)
+        elif isinstance(output, Tensor):
+            gen = torch.Generator(device=output.device).manual_seed(seed)
+            upstream = torch.randn(output.shape, generator=gen, device=output.device)
+            loss = (output * upstream.to(output.dtype)).sum()
+        else:
+            raise TypeError(
+                f"check_gradients: the model returned {type(output).__name__}, not a "
+                "Tensor; pass loss_fn to reduce it to a scalar"
+            )
+        if loss.numel() != 1:
+            raise RuntimeError(
+                f"check_gradients: loss_fn must return a scalar, got shape {tuple(loss.shape)}"
+            )
+        grads = torch.autograd.grad(loss, [t for _, t in wrt], allow_unused=True)
+        return loss, grads
+
+    devices = sorted({t.device.index or 0 for _, t in wrt if t.device.type == "cuda"})
+    hooks = [m.register_forward_hook(count) for m in manual]
+    try:
+        with torch.random.fork_rng(devices=devices), torch.enable_grad():
+            loss_m, grads_m = run()
+            nodes = _backward_nodes(loss_m.grad_fn)
+            for h in hooks:
+                h.remove()
+            with _native(manual):
+                loss_n, grads_n = run()
+    finally:
+        for h in hooks:
+            h.remove()
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+
+    rows = []
+    for (name, t), gm, gn in zip(wrt, grads_m, grads_n, strict=True):
+        gm = torch.zeros_like(t) if gm is None else gm
+        gn = torch.zeros_like(t) if gn is None else gn
+        rows.append(_diff(name, gm, gn, rtol, atol))
+    module_calls = {names[id(m)]: calls[id(m)] for m in manual}
+    return GradientReport(tuple(rows), dict(nodes), module_calls, loss_m.item(), loss_n.item())
+
+
+def _is_manual(module: nn.Module) -> bool:
+    return isinstance(module, (ManualLinear, ManualMSELoss))
