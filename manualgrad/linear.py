@@ -61,9 +61,9 @@ class ManualLinearFunction(Function):
         if need_input:
             grad_input = grad_output @ weight  # (*, in)
         if need_weight or need_bias:
-            grad_2d = grad_output.reshape(-1, grad_output.shape[-1])  # (N, out)
+            grad_2d = _rows(grad_output)  # (N, out)
             if need_weight:
-                grad_weight = grad_2d.t() @ input.reshape(-1, input.shape[-1])  # (out, in)
+                grad_weight = grad_2d.t() @ _rows(input)  # (out, in)
             if need_bias:
                 grad_bias = grad_2d.sum(0)  # (out,)
         return grad_input, grad_weight, grad_bias
@@ -79,6 +79,11 @@ class ManualLinearFunction(Function):
         if bias_t is not None:
             out_t = out_t + bias_t  # db, broadcast over leading dims
         return out_t
+
+
+def _rows(t: Tensor) -> Tensor:
+    """``(*, k) -> (N, k)``: every leading dimension folded into one (explicit N: k may be 0)."""
+    return t.reshape(t.shape[:-1].numel(), t.shape[-1])
 
 
 _linear = ManualOp(ManualLinearFunction)

@@ -31,9 +31,7 @@ PROFILE = settings.get_profile(
     "manualgrad-" + os.environ.get("MANUALGRAD_HYPOTHESIS_PROFILE", "ci")
 )
 
-# A known core bug, pinned by the strict xfail test_zero_features at the end of this file:
-# when it is fixed, that test passes (and so fails), and this becomes 0.
-MIN_FEATURES = 1  # 0 once Linear's backward handles in_features or out_features of 0
+MIN_FEATURES = 0  # nn.Linear(0, 3) and nn.Linear(3, 0) are legal
 
 dims = st.lists(st.integers(0, 4), min_size=0, max_size=4)
 dtypes = st.sampled_from([torch.float32, torch.float64])
@@ -151,12 +149,7 @@ def test_mse_matches_native(device, shapes, reduction, dtypes, layouts, target_g
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="ManualLinearFunction.backward reshapes with -1 and a 0-sized dim "
-    "(reshape(-1, 0) is ambiguous); native nn.Linear(0, 3) and nn.Linear(3, 0) work",
-)
+# Once a bug: the backward folded leading dims with reshape(-1, 0), which is ambiguous.
 @pytest.mark.parametrize("features", [(0, 3), (3, 0)], ids=str)
 def test_zero_features(features):
     x = torch.randn(2, features[0], requires_grad=True)
