@@ -1,0 +1,129 @@
+"""Render the README's figures from TensorBoard logs, read back with TensorBoard's own reader.
+
+    python experiments/plot_curves.py                       # train the runs, then draw
+    python experiments/plot_curves.py --logdir runs --no-train   # draw from existing logs
+
+Unless ``--no-train``, it first trains, into ``--logdir`` (a temporary folder by default):
+
+- ``tutorial/run``: ``experiments/linear_regression.yaml``
+- ``compare_backends/manual`` and ``compare_backends/autograd``:
+  ``experiments/compare_backends.yaml`` under each backend
+
+and then writes into ``--out`` (``experiments/figures`` by default):
+
+- ``tutorial_loss.png``: the tutorial's training loss per step and validation loss per
+  epoch, and the learned weight and bias against the true 3 and 2.
+- ``manual_vs_autograd.png``: the MLP's losses with hand-derived gradients and with native
+  autograd side by side, and the gradient audit's largest difference between the two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E402
+    SCALARS,
+    EventAccumulator,
+)
+
+HERE = Path(__file__).resolve().parent
+BACKENDS = ("manual", "autograd")
+
+
+def train(logdir: Path, max_epochs: int | None = None) -> None:
+    """Run the three fits whose logs the figures are drawn from."""
+    from manualgrad.lightning.cli import run
+
+    def fit(config: str, name: str, version: str, *extra: str) -> None:
+        args = ["fit", "--config", str(HERE / config), *extra]
+        args += ["--trainer.logger.save_dir", str(logdir), "--trainer.logger.name", name]
+        args += ["--trainer.logger.version", version, "--trainer.enable_progress_bar", "false"]
+        if max_epochs is not None:
+            args += ["--trainer.max_epochs", str(max_epochs)]
+        run(args)
+
+    fit("linear_regression.yaml", "tutorial", "run")
+    for backend in BACKENDS:
+        fit("compare_backends.yaml", "compare_backends", backend, "--model.backend", backend)
+
+
+def scalars(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
+    """Every scalar tag of one run: ``{tag: (steps, values)}``."""
+    events = EventAccumulator(str(run_dir), size_guidance={SCALARS: 0})
+    events.Reload()
+    return {
+        tag: ([e.step for e in events.Scalars(tag)], [e.value for e in events.Scalars(tag)])
+        for tag in events.Tags()[SCALARS]
+    }
+
+
+def plot_losses(ax, run: dict, title: str) -> None:
+    ax.plot(*run["train/loss"], label="train/loss (per step)", lw=1)
+    ax.plot(*run["val/loss"], "o-", ms=2, label="val/loss (per epoch)")
+    ax.set(yscale="log", xlabel="step", ylabel="MSE", title=title)
+    ax.legend()
+
+
+def tutorial_figure(run: dict, path: Path) -> None:
+    fig, (loss_ax, param_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    plot_losses(loss_ax, run, "Tutorial: y = 3x + 2 + noise, ManualLinear(1, 1)")
+    for tag, truth, color in (("params/weight", 3.0, "C0"), ("params/bias", 2.0, "C1")):
+        steps, values = run[tag]
+        param_ax.plot(steps, values, color=color, label=f"{tag} (final {values[-1]:.4f})")
+        param_ax.axhline(truth, color=color, ls="--", lw=0.8)
+    param_ax.set(xlabel="step", title="Learned parameters (dashed: true 3 and 2)")
+    param_ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def comparison_figure(runs: dict[str, dict], path: Path) -> None:
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for ax, backend in zip(axes, BACKENDS, strict=False):
+        final = runs[backend]["val/loss"][1][-1]
+        plot_losses(ax, runs[backend], f"MLP on sin(x), backend={backend}: val MSE {final:.5f}")
+    axes[1].sharey(axes[0])
+    audit_ax = axes[2]
+    for backend in BACKENDS:
+        steps, values = runs[backend]["audit/grad_max_abs_diff"]
+        audit_ax.plot(steps, values, "o-", ms=3, label=f"{backend} run (max {max(values):.2g})")
+    audit_ax.set(
+        xlabel="step",
+        ylabel="max |g_manual - g_autograd|",
+        title="Gradient audit: hand-derived vs native",
+    )
+    audit_ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--logdir", type=Path, help="where the runs' logs are (or go)")
+    parser.add_argument("--out", type=Path, default=HERE / "figures", help="where the PNGs go")
+    parser.add_argument("--no-train", action="store_true", help="only draw, from --logdir")
+    parser.add_argument("--max-epochs", type=int, help="override each run's max_epochs")
+    args = parser.parse_args(argv)
+    if args.no_train and args.logdir is None:
+        parser.error("--no-train needs --logdir")
+    with tempfile.TemporaryDirectory() as tmp:
+        logdir = args.logdir or Path(tmp)
+        if not args.no_train:
+            train(logdir, args.max_epochs)
+        args.out.mkdir(parents=True, exist_ok=True)
+        tutorial_figure(scalars(logdir / "tutorial" / "run"), args.out / "tutorial_loss.png")
+        runs = {b: scalars(logdir / "compare_backends" / b) for b in BACKENDS}
+        comparison_figure(runs, args.out / "manual_vs_autograd.png")
+    print(f"Wrote {args.out / 'tutorial_loss.png'} and {args.out / 'manual_vs_autograd.png'}")
+
+
+if __name__ == "__main__":
+    main()

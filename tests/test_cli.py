@@ -1,0 +1,187 @@
+"""The ``manualgrad`` command: defaults, subcommands, options, saved runs, errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from manualgrad.lightning import GradientAudit, Regressor, TutorialData
+from manualgrad.lightning.cli import run
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+QUIET = [
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--trainer.accelerator=cpu",
+]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: a second intra-op thread only contends with other processes here."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    """A working directory that looks like the repository root (``experiments/`` in it),
+    so the README's relative paths work and ``lightning_logs/`` lands in ``tmp_path``."""
+    (tmp_path / "experiments").symlink_to(EXPERIMENTS)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_python_m_manualgrad_prints_the_embedded_tutorial_config(workdir):
+    out = subprocess.run(
+        [sys.executable, "-m", "manualgrad", "fit", "--print_config"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    config = yaml.safe_load(out)
+    assert config["seed_everything"] == 0
+    assert config["model"]["layers"] == [1, 1]
+    assert config["model"]["backend"] == "manual"
+    assert config["model"]["optimizer"]["class_path"] == "torch.optim.SGD"
+    assert config["model"]["optimizer"]["init_args"]["lr"] == 0.1
+    assert config["data"]["class_path"].endswith("TutorialData")
+    trainer = config["trainer"]
+    assert trainer["max_epochs"] == 200 and trainer["log_every_n_steps"] == 1
+    assert trainer["logger"]["class_path"].endswith("TensorBoardLogger")
+    assert trainer["logger"]["init_args"]["default_hp_metric"] is False
+    assert config["checkpoint"]["save_last"] is True
+    assert config["gradient_audit"]["every_n_steps"] == 0
+
+
+def test_fit_without_options_trains_the_tutorial_and_saves_everything(workdir, capsys):
+    cli = run(["fit", "--trainer.max_epochs=3", *QUIET])
+    assert isinstance(cli.datamodule, TutorialData)
+    assert cli.model.layers == [1, 1]
+    optimizer = cli.trainer.optimizers[0]
+    assert type(optimizer) is torch.optim.SGD and optimizer.defaults["lr"] == 0.1
+    assert not any(isinstance(c, GradientAudit) and c.every_n_steps for c in cli.trainer.callbacks)
+    run_dir = workdir / "lightning_logs" / "version_0"
+    assert (run_dir / "config.yaml").is_file()
+    assert yaml.safe_load((run_dir / "hparams.yaml").read_text())["layers"] == [1, 1]
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    weight, bias = cli.model.net[0].weight.item(), cli.model.net[0].bias.item()
+    out = capsys.readouterr().out
+    assert f"Learned weight = {weight:.4f}, bias = {bias:.4f} (data: y = 3 x + 2)" in out
+    assert "Logs, config and checkpoints: lightning_logs/version_0" in out
+    assert "View the curves: tensorboard --logdir lightning_logs" in out
+
+
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty:UserWarning")
+def test_rerunning_does_not_crash_on_an_existing_folder(workdir):
+    for _ in range(2):
+        run(["fit", "--trainer.max_epochs=1", "--trainer.logger.version=same", *QUIET])
+    for _ in range(2):
+        run(["fit", "--trainer.max_epochs=1", *QUIET])
+    runs = sorted(p.name for p in (workdir / "lightning_logs").iterdir())
+    assert runs == ["same", "version_0", "version_1"]
+
+
+def test_any_torch_optimizer_and_scheduler_from_the_command_line(workdir):
+    cli = run(
+        [
+            "fit",
+            "--model.optimizer=Adam",
+            "--model.optimizer.lr=0.02",
+            "--model.optimizer.betas=[0.8, 0.9]",
+            "--model.lr_scheduler=StepLR",
+            "--model.lr_scheduler.step_size=1",
+            "--model.lr_scheduler.gamma=0.5",
+            "--trainer.max_epochs=2",
+            *QUIET,
+        ]
+    )
+    optimizer = cli.trainer.optimizers[0]
+    assert type(optimizer) is torch.optim.Adam
+    assert optimizer.defaults["betas"] == (0.8, 0.9)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.02 * 0.5**2)
+    assert type(cli.trainer.lr_scheduler_configs[0].scheduler) is torch.optim.lr_scheduler.StepLR
+
+
+def test_model_options_from_the_command_line(workdir):
+    cli = run(
+        [
+            "fit",
+            "--model.layers=[1, 4, 1]",
+            "--model.activation=relu",
+            "--model.backend=autograd",
+            "--data=SineData",
+            "--data.size=40",
+            "--gradient_audit.every_n_steps=1",
+            "--trainer.max_steps=2",
+            *QUIET,
+        ]
+    )
+    assert type(cli.model.net[1]) is torch.nn.ReLU
+    assert type(cli.model.net[0]) is torch.nn.Linear
+    assert len(cli.datamodule._data()["all"]) == 40
+    (audit,) = [c for c in cli.trainer.callbacks if isinstance(c, GradientAudit)]
+    assert audit.every_n_steps == 1 and audit.last is not None
+
+
+# Each run logs into its own version folder, so the restored checkpoint callback says that
+# it now saves elsewhere.
+@pytest.mark.filterwarnings("ignore:The dirpath has changed from:UserWarning")
+def test_validate_test_predict_from_the_last_checkpoint(workdir):
+    fit = run(["fit", "--trainer.max_epochs=5", *QUIET])
+    val_loss = fit.trainer.callback_metrics["val/loss"].item()
+    last = "lightning_logs/version_0/checkpoints/last.ckpt"
+    validate = run(["validate", f"--ckpt_path={last}", *QUIET])
+    assert validate.trainer.callback_metrics["val/loss"].item() == pytest.approx(val_loss)
+    test = run(["test", f"--ckpt_path={last}", *QUIET])
+    assert test.trainer.callback_metrics["test/loss"].item() == pytest.approx(val_loss)
+    predict = run(["predict", f"--ckpt_path={last}", *QUIET])
+    predictions = torch.cat(predict.trainer.predict_loop.predictions)  # (100, 1)
+    x = predict.datamodule._data()["all"].tensors[0]
+    with torch.no_grad():
+        torch.testing.assert_close(predictions, fit.model(x))
+
+
+def test_regressor_reloads_from_a_cli_checkpoint(workdir):
+    run(["fit", "--trainer.max_epochs=2", "--model.layers=[1, 3, 1]", "--data=SineData", *QUIET])
+    model = Regressor.load_from_checkpoint("lightning_logs/version_0/checkpoints/last.ckpt")
+    assert model.layers == [1, 3, 1]
+
+
+@pytest.mark.parametrize(
+    "config, named",
+    [
+        ("model:\n  layer: [1, 1]\n", "layer"),
+        ("model:\n  layers: one\n", "model.layers"),
+        ("model:\n  activation: softmax\n", "model.activation"),
+        ("trainer:\n  max_epochs: lots\n", "trainer.max_epochs"),
+        ("data:\n  class_path: NoSuchData\n", "data"),
+    ],
+)
+def test_a_bad_config_gets_a_clear_error(workdir, capsys, config, named):
+    (workdir / "bad.yaml").write_text(config)
+    with pytest.raises(SystemExit) as exit_info:
+        run(["fit", "--config", "bad.yaml"])
+    assert exit_info.value.code != 0
+    err = capsys.readouterr().err
+    assert "error:" in err and named in err
+
+
+def test_a_missing_config_file_gets_a_clear_error(workdir, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run(["fit", "--config", "experiments/no_such_experiment.yaml"])
+    assert exit_info.value.code != 0
+    assert "no_such_experiment.yaml" in capsys.readouterr().err
+
+
+def test_a_missing_csv_file_names_the_file(workdir):
+    with pytest.raises(FileNotFoundError, match="missing.csv"):
+        run(["fit", "--data=CSVData", "--data.path=missing.csv", "--data.target=y", *QUIET])

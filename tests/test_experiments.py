@@ -1,0 +1,125 @@
+"""The experiments in ``experiments/``: every config runs, the stated results hold, the
+README's figures can be drawn."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+
+from manualgrad.lightning import GradientAudit, LinearData
+from manualgrad.lightning.cli import run
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+CONFIGS = sorted(p.name for p in EXPERIMENTS.glob("*.yaml"))
+QUIET = [
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--trainer.accelerator=cpu",
+]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: a second intra-op thread only contends with other processes here."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    """A working directory that looks like the repository root (``experiments/`` in it),
+    so the README's relative paths work and ``lightning_logs/`` lands in ``tmp_path``."""
+    (tmp_path / "experiments").symlink_to(EXPERIMENTS)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of a run, read back with TensorBoard's own reader."""
+    events = EventAccumulator(str(run_dir), size_guidance={SCALARS: 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()[SCALARS]}
+
+
+def test_the_experiments_are_there():
+    assert {"linear_regression.yaml", "mlp_sine.yaml", "compare_backends.yaml"} <= set(CONFIGS)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_every_config_runs_a_short_fit(workdir, config):
+    cli = run(["fit", "--config", f"experiments/{config}", "--trainer.max_epochs=2", *QUIET])
+    log_dir = Path(cli.trainer.logger.log_dir).resolve()
+    assert log_dir.is_relative_to(workdir)
+    assert (log_dir / "config.yaml").is_file()
+    assert (log_dir / "checkpoints" / "last.ckpt").is_file()
+    logged = scalars(log_dir)
+    assert len(logged["val/loss"]) == 2
+    assert all(math.isfinite(v) for _, v in logged["train/loss"] + logged["val/loss"])
+    audit = next(c for c in cli.trainer.callbacks if isinstance(c, GradientAudit))
+    if audit.every_n_steps:
+        assert max(v for _, v in logged["audit/grad_max_rel_diff"]) < 1e-5
+    else:
+        assert "audit/grad_max_abs_diff" not in logged
+
+
+def test_the_main_job_command_converges_as_stated(workdir):
+    """The README's command, word for word, as a real process of the console script; the
+    result is read back from the TensorBoard event files it wrote."""
+    script = shutil.which("manualgrad", path=str(Path(sys.executable).parent))
+    assert script, "the manualgrad console script is not installed (pip install -e .)"
+    done = subprocess.run(
+        [script, "fit", "--config", "experiments/linear_regression.yaml"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Learned weight = 2.98" in done.stdout
+    assert "Logs, config and checkpoints: lightning_logs/version_0" in done.stdout
+    assert "View the curves: tensorboard --logdir lightning_logs" in done.stdout
+
+    logged = scalars(workdir / "lightning_logs" / "version_0")
+    weight, bias = logged["params/weight"][-1][1], logged["params/bias"][-1][1]
+    assert abs(weight - 3.0) < 0.05 and abs(bias - 2.0) < 0.05
+    # Gradient descent found the least-squares line through the training points.
+    x, y = LinearData()._data()["train"].tensors
+    design = torch.cat([x, torch.ones_like(x)], 1).double()
+    best = torch.linalg.lstsq(design, y.double()).solution.flatten().tolist()
+    assert weight == pytest.approx(best[0], abs=1e-3) and bias == pytest.approx(best[1], abs=1e-3)
+    assert f"Learned weight = {weight:.4f}, bias = {bias:.4f}" in done.stdout
+    train = [v for _, v in logged["train/loss"]]
+    assert len(train) == 200 and train[-1] < train[0] / 1000
+    assert [s for s, _ in logged["val/loss"]] == list(range(200))
+    assert {"train/grad_norm", "epoch"} <= logged.keys()
+
+
+def test_mlp_sine_reaches_the_stated_validation_mse(workdir):
+    cli = run(["fit", "--config", "experiments/mlp_sine.yaml", *QUIET])
+    val_mse = cli.trainer.callback_metrics["val/loss"].item()
+    assert val_mse < 0.0026  # the README states 0.0024; the noise floor is 0.05^2 = 0.0025
+
+
+def test_plot_curves_draws_the_readme_figures(tmp_path):
+    spec = importlib.util.spec_from_file_location("plot_curves", EXPERIMENTS / "plot_curves.py")
+    plot_curves = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot_curves)
+    logdir, out = tmp_path / "logs", tmp_path / "figures"
+    plot_curves.main(["--logdir", str(logdir), "--out", str(out), "--max-epochs", "2"])
+    for name in ("tutorial_loss.png", "manual_vs_autograd.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    manual, native = (scalars(logdir / "compare_backends" / b) for b in ("manual", "autograd"))
+    # Same seed, same weights: the two backends' curves lie on top of each other.
+    for tag in ("train/loss", "val/loss"):
+        assert [s for s, _ in manual[tag]] == [s for s, _ in native[tag]]
+        for (_, m), (_, n) in zip(manual[tag], native[tag], strict=True):
+            assert m == pytest.approx(n, rel=1e-5)
