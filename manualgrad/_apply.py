@@ -12,9 +12,19 @@ A Function needs three faces, and :class:`ManualOp` picks one per call:
   refuses any Function that defines one (it has no forward-mode story yet). The twin
   inherits the same ``forward``/``setup_context``/``backward``, so the hand-derived
   rule is still the one that runs.
+
+One mix is left to eager: torch.compile tracing a torch.func transform (say
+``torch.compile(torch.func.grad(f))``). Dynamo then inlines ``forward`` and lets the
+transform differentiate its ops with their built-in rules, silently dropping the
+hand-derived backward and jvp (pytorch issues 193279 and 192985), and under ``vmap`` with
+parameters that require grad it crashes. So there the op runs outside the graph, through
+``Function.apply``: a graph break, which ``fullgraph=True`` reports as an error instead of
+a wrong gradient.
 """
 
 from __future__ import annotations
+
+import sys
 
 import torch
 from torch.autograd import Function
@@ -35,15 +45,42 @@ class ManualOp:
         self._c_apply = super(Function, fn_cls).apply  # type: ignore[misc]
 
     def __call__(self, *args):
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling():  # both checks are constant-folded while tracing
+            if torch._C._are_functorch_transforms_active():
+                return _this_module._apply_outside_graph(self.function, *args)
             return self.traceable.apply(*args)
         if torch._C._are_functorch_transforms_active():
             return self.function.apply(*args)
         return self._c_apply(*args)
 
 
+def _apply(fn_cls: type[Function], *args):
+    return fn_cls.apply(*args)
+
+
+def __getattr__(name: str):
+    # ``_apply_outside_graph`` is made on first use, while torch.compile traces and Dynamo
+    # is loaded anyway: ``torch.compiler.disable`` at import would load Dynamo, about a
+    # second, on every ``import manualgrad``.
+    if name == "_apply_outside_graph":
+        reason = (
+            "manualgrad runs this op outside the graph: under a torch.func transform, "
+            "torch.compile would drop its hand-derived backward/jvp (pytorch issues 193279, "
+            "192985); apply the transform outside torch.compile to keep one graph"
+        )
+        globals()[name] = torch.compiler.disable(_apply, reason=reason)
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_this_module = sys.modules[__name__]
+
+
 def autocast_dtype(device_type: str) -> torch.dtype | None:
     """The dtype autocast would cast to on ``device_type``, or None when it is off."""
-    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
+    # ``is_autocast_available`` (False for, e.g., "meta") is a graph break in torch 2.11, so
+    # compiled code skips it: it runs on devices that have autocast.
+    if torch.compiler.is_compiling() or torch.amp.is_autocast_available(device_type):
+        if torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
     return None

@@ -128,12 +128,23 @@ def _check(input: Tensor, target: Tensor, reduction: str) -> None:
                 f"mse_loss: input shape {tuple(input.shape)} and target shape "
                 f"{tuple(target.shape)} cannot be broadcast together"
             ) from err
-        warnings.warn(
+        _warn_once_traced(
             f"Using a target size ({target.size()}) that is different to the input size "
             f"({input.size()}). This will likely lead to incorrect results due to broadcasting. "
-            "Please ensure they have the same size.",
-            stacklevel=3,
+            "Please ensure they have the same size."
         )
+
+
+def _warn_once_traced(message: str) -> bool:
+    """``warnings.warn`` that torch.compile runs while tracing, as for F.mse_loss, instead of
+    breaking the graph; in eager it is a plain call."""
+    warnings.warn(message, stacklevel=4)
+    return True
+
+
+# What torch.compiler.assume_constant_result sets (torch 2.11-2.13); calling it would load
+# Dynamo, about a second, on every ``import manualgrad``.
+_warn_once_traced._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
@@ -146,11 +157,13 @@ def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     _check(input, target, reduction)
     if autocast_dtype(input.device.type) is not None:
         # Autocast runs mse_loss in float32, like native: widen, then run with autocast off.
-        dtype = torch.promote_types(torch.result_type(input, target), torch.float32)
+        dtype = torch.promote_types(torch.promote_types(input.dtype, target.dtype), torch.float32)
         with torch.autocast(input.device.type, enabled=False):
             return _mse(input.to(dtype), target.to(dtype), reduction)[0]
     if input.dtype != target.dtype:
-        dtype = torch.result_type(input, target)
+        # F.mse_loss broadcasts both to one shape first, so dtypes promote as peers
+        # (a 0-dim target counts), unlike torch.result_type.
+        dtype = torch.promote_types(input.dtype, target.dtype)
         input, target = input.to(dtype), target.to(dtype)
     return _mse(input, target, reduction)[0]
 
