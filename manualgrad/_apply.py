@@ -76,11 +76,16 @@ def __getattr__(name: str):
 _this_module = sys.modules[__name__]
 
 
+# Whether a device type has autocast at all ("meta" has not): looked up once per type, as
+# torch.amp.is_autocast_available is slow-ish and, in torch 2.11, a graph break.
+_HAS_AUTOCAST = {"cpu": True, "cuda": True}
+
+
 def autocast_dtype(device_type: str) -> torch.dtype | None:
     """The dtype autocast would cast to on ``device_type``, or None when it is off."""
-    # ``is_autocast_available`` (False for, e.g., "meta") is a graph break in torch 2.11, so
-    # compiled code skips it: it runs on devices that have autocast.
-    if torch.compiler.is_compiling() or torch.amp.is_autocast_available(device_type):
-        if torch.is_autocast_enabled(device_type):
-            return torch.get_autocast_dtype(device_type)
+    available = _HAS_AUTOCAST.get(device_type)
+    if available is None:
+        available = _HAS_AUTOCAST[device_type] = torch.amp.is_autocast_available(device_type)
+    if available and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
     return None
