@@ -100,17 +100,20 @@ def layer_step(fn: Callable, x, w, b, autocast: torch.dtype | None = None):
     return step
 
 
-def layer_case(name, n, device, goal, autocast=None, dtype=torch.float32) -> Case:
+def layer_case(name, shape, device, goal, autocast=None, dtype=torch.float32) -> Case:
+    """One layer ``(batch, in) -> (batch, out)``, forward and backward."""
+    batch, n_in, n_out = shape
     gen = torch.Generator(device=device).manual_seed(0)
-    x = torch.randn(n, n, device=device, dtype=dtype, generator=gen, requires_grad=True)
-    w = torch.randn(n, n, device=device, dtype=dtype, generator=gen).div_(n**0.5).requires_grad_()
-    b = torch.zeros(n, device=device, dtype=dtype, requires_grad=True)
+    x = torch.randn(batch, n_in, device=device, dtype=dtype, generator=gen, requires_grad=True)
+    w = torch.randn(n_out, n_in, device=device, dtype=dtype, generator=gen)
+    w = w.div_(n_in**0.5).requires_grad_()
+    b = torch.zeros(n_out, device=device, dtype=dtype, requires_grad=True)
     return Case(
         name,
         goal,
         layer_step(F.linear, x, w, b, autocast),
         layer_step(manualgrad.functional.linear, x, w, b, autocast),
-        flops=3 * 2 * n**3,  # forward, dX and dW: three n^3 products
+        flops=3 * 2 * batch * n_in * n_out,  # forward, dX and dW: three products
     )
 
 
@@ -229,7 +232,7 @@ def cases_for(device: str, smoke: bool) -> list[Case]:
     if smoke:
         return [
             mlp_case("MLP step, eager (smoke)", [8, 16, 1], 4, device, 1.25),
-            layer_case("Linear layer (smoke)", 32, device, 1.02),
+            layer_case("Linear layer (smoke)", (32, 32, 32), device, 1.02),
             mse_case(1000, device, 1.0),
             *memory_case("MLP (smoke)", [8, 16, 1], 4, device),
         ]
@@ -245,9 +248,13 @@ def cases_for(device: str, smoke: bool) -> list[Case]:
                 1.03,
                 compiled=True,
             ),
-            layer_case("Linear 1024x1024, batch 1024, fp32", 1024, device, 1.02),
+            layer_case("Linear 1024x1024, batch 1024, fp32", (1024,) * 3, device, 1.02),
             layer_case(
-                "Linear 1024x1024, batch 1024, bf16 autocast", 1024, device, 1.02, torch.bfloat16
+                "Linear 1024x1024, batch 1024, bf16 autocast",
+                (1024,) * 3,
+                device,
+                1.02,
+                torch.bfloat16,
             ),
             mse_case(4_000_000, device, 1.0),
             *memory_case("MLP 4 layers of 1024, batch 1024", [1024] * 5, 1024, device),
@@ -256,10 +263,10 @@ def cases_for(device: str, smoke: bool) -> list[Case]:
             ),
         ]
     return [
-        layer_case("Linear 8192^3, fp32", 8192, device, 1.02),
-        layer_case("Linear 8192^3, TF32", 8192, device, 1.02),  # TF32 switched on in main()
-        layer_case("Linear 8192^3, bf16 autocast", 8192, device, 1.02, torch.bfloat16),
-        layer_case("Linear 256x64->64, eager", 64, device, 1.25),
+        layer_case("Linear 8192^3, fp32", (8192,) * 3, device, 1.02),
+        layer_case("Linear 8192^3, TF32", (8192,) * 3, device, 1.02),  # TF32 switched on in main()
+        layer_case("Linear 8192^3, bf16 autocast", (8192,) * 3, device, 1.02, torch.bfloat16),
+        layer_case("Linear 256x64->64, eager", (256, 64, 64), device, 1.25),
         mlp_case("MLP step 256x64->128->128->1, eager", small_mlp, 256, device, 1.25),
         mlp_case(
             "MLP step 256x64->128->128->1, compiled", small_mlp, 256, device, 1.03, compiled=True

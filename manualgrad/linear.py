@@ -90,7 +90,29 @@ _linear = ManualOp(ManualLinearFunction)
 
 
 def _check(input: Tensor, weight: Tensor, bias: Tensor | None) -> None:
-    """Raise the error the native op would, with a message that names the problem."""
+    """Raise the error the native op would when the arguments are bad (one quick test)."""
+    ok = (
+        input.dim() > 0
+        and weight.dim() == 2
+        and input.shape[-1] == weight.shape[1]
+        and input.is_floating_point()
+        and weight.dtype == input.dtype
+        and weight.device == input.device
+        and (
+            bias is None
+            or (
+                bias.shape == weight.shape[:1]
+                and bias.dtype == input.dtype
+                and bias.device == input.device
+            )
+        )
+    )
+    if not ok:
+        _raise_bad_input(input, weight, bias)
+
+
+def _raise_bad_input(input: Tensor, weight: Tensor, bias: Tensor | None) -> None:
+    """The RuntimeError the native op would raise, with a message that names the problem."""
     if input.dim() == 0:
         raise RuntimeError("linear: input must have at least 1 dimension, got a 0-dim tensor")
     if weight.dim() != 2:
