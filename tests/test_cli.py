@@ -14,6 +14,8 @@ from manualgrad.lightning import GradientAudit, Regressor, TutorialData
 from manualgrad.lightning.cli import run
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+# The tests train on the CPU on purpose, also on a machine with a GPU.
+pytestmark = pytest.mark.filterwarnings("ignore:GPU available but not used:UserWarning")
 QUIET = [
     "--trainer.enable_progress_bar=false",
     "--trainer.enable_model_summary=false",
@@ -148,6 +150,9 @@ def test_validate_test_predict_from_the_last_checkpoint(workdir):
     x = predict.datamodule._data()["all"].tensors[0]
     with torch.no_grad():
         torch.testing.assert_close(predictions, fit.model(x))
+    written = (Path(predict.trainer.log_dir) / "predictions.csv").read_text().split()
+    assert written[0] == "prediction_0"
+    torch.testing.assert_close(torch.tensor([float(v) for v in written[1:]]), predictions[:, 0])
 
 
 def test_regressor_reloads_from_a_cli_checkpoint(workdir):

@@ -19,6 +19,8 @@ from manualgrad.lightning.cli import run
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 CONFIGS = sorted(p.name for p in EXPERIMENTS.glob("*.yaml"))
+# The tests train on the CPU on purpose, also on a machine with a GPU.
+pytestmark = pytest.mark.filterwarnings("ignore:GPU available but not used:UserWarning")
 QUIET = [
     "--trainer.enable_progress_bar=false",
     "--trainer.enable_model_summary=false",

@@ -31,6 +31,8 @@ pytestmark = [
     # On machines with many cores Lightning suggests loader workers; these loaders are
     # in-memory tensors (the CLI silences this too).
     pytest.mark.filterwarnings("ignore:.*does not have many workers:UserWarning"),
+    # The tests train on the CPU on purpose, also on a machine with a GPU.
+    pytest.mark.filterwarnings("ignore:GPU available but not used:UserWarning"),
 ]
 
 

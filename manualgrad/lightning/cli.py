@@ -7,9 +7,11 @@ overridden on the command line (``manualgrad fit --help`` lists them).
 
 from __future__ import annotations
 
+import csv
 import os
 import warnings
 
+import torch
 from jsonargparse import lazy_instance
 from pytorch_lightning import LightningDataModule
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -41,6 +43,21 @@ class ManualgradCLI(LightningCLI):
     def after_fit(self) -> None:
         if self.trainer.is_global_zero:
             print(fit_report(self.trainer, self.model, self.datamodule), flush=True)
+
+    def after_predict(self) -> None:
+        """Write the predictions, one row per input row in order, beside the run's logs."""
+        predictions = self.trainer.predict_loop.predictions
+        if not (self.trainer.is_global_zero and predictions):
+            return
+        table = torch.cat(predictions).reshape(-1, predictions[0].shape[-1])  # (N, outputs)
+        log_dir = self.trainer.log_dir or "."
+        os.makedirs(log_dir, exist_ok=True)
+        path = os.path.join(log_dir, "predictions.csv")
+        with open(path, "w", newline="") as file:
+            writer = csv.writer(file)
+            writer.writerow([f"prediction_{i}" for i in range(table.shape[1])])
+            writer.writerows(table.tolist())
+        print(f"\nPredictions for {len(table)} rows: {_shown(path)}", flush=True)
 
 
 def fit_report(trainer, model, datamodule) -> str:

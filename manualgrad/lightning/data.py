@@ -119,9 +119,9 @@ class LinearData(RegressionData):
         size: number of samples, before the train/validation split.
         low: smallest ``x``.
         high: largest ``x``.
-        batch_size: see :class:`RegressionData`.
-        val_fraction: see :class:`RegressionData`.
-        seed: see :class:`RegressionData`.
+        batch_size: rows per batch; at least the training rows means full-batch descent.
+        val_fraction: share of the rows held out for validation.
+        seed: seeds the data, the train/validation split and the shuffling.
     """
 
     def __init__(
@@ -170,9 +170,9 @@ class SineData(RegressionData):
         size: number of samples, before the train/validation split.
         low: smallest ``x``.
         high: largest ``x``.
-        batch_size: see :class:`RegressionData`.
-        val_fraction: see :class:`RegressionData`.
-        seed: see :class:`RegressionData`.
+        batch_size: rows per batch; at least the training rows means full-batch descent.
+        val_fraction: share of the rows held out for validation.
+        seed: seeds the data, the train/validation split and the shuffling.
     """
 
     def __init__(
@@ -207,9 +207,9 @@ class CSVData(RegressionData):
         target: the column to predict.
         features: the input columns; by default every column except the target.
         delimiter: the field separator.
-        batch_size: see :class:`RegressionData`.
-        val_fraction: see :class:`RegressionData`.
-        seed: see :class:`RegressionData`.
+        batch_size: rows per batch; at least the training rows means full-batch descent.
+        val_fraction: share of the rows held out for validation.
+        seed: seeds the train/validation split and the shuffling.
     """
 
     def __init__(
