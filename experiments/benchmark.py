@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -150,11 +151,9 @@ def mlp_case(name, sizes, batch, device, goal, compiled=False, autocast=None) ->
 
 
 def time_once(fn: Callable, min_run_time: float) -> float:
-    return (
-        benchmark.Timer("fn()", globals={"fn": fn})
-        .blocked_autorange(min_run_time=min_run_time)
-        .median
-    )
+    # Timer defaults to one thread; time with as many as training would use.
+    timer = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
 def saved_bytes(fn: Callable) -> int:
@@ -286,6 +285,7 @@ def machine(device: str) -> dict:
         "platform": platform.platform(),
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
+        "malloc": {k: os.environ.get(k, "default") for k in _MALLOC_ENV},
     }
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -319,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--min-run-time", type=float, default=0.2, help="seconds per timing")
+    parser.add_argument(
+        "--system-malloc", action="store_true", help="keep glibc's default trim/mmap settings"
+    )
     parser.add_argument("--out", type=Path, help="JSON file (default: experiments/results/)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -350,5 +353,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+# glibc returns freed heap memory to the OS once 128 KiB or more is free at the top, and
+# serves blocks over a moving threshold with fresh mmap calls; the next large tensor then
+# page-faults in again. For MB-sized tensors that costs more than the op itself, and how
+# often it happens hangs on the order of frees, so one side of a comparison can pay it and
+# the other not (the 4M-element MSE flipped between 0.4x and 1.9x). These two settings keep
+# freed memory in the process, as PyTorch's CUDA allocator and jemalloc/tcmalloc do; pass
+# --system-malloc to time with glibc's defaults.
+_MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": str(2**30), "MALLOC_MMAP_THRESHOLD_": str(2**25)}
+
+
+def _reexec_with_steady_malloc() -> None:
+    if sys.platform.startswith("linux") and "--system-malloc" not in sys.argv:
+        if any(os.environ.get(k) != v for k, v in _MALLOC_ENV.items()):
+            os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **_MALLOC_ENV})
+
+
 if __name__ == "__main__":
+    _reexec_with_steady_malloc()
     sys.exit(main())

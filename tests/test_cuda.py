@@ -99,6 +99,10 @@ def test_whole_training_step_in_a_cuda_graph_equals_eager_steps():
     assert losses[-1] != losses[0]  # the replays really trained
 
 
+# torch 2.11 on an H200: the AccumulateGrad nodes made by make_graphed_callables' warm-up on
+# its side stream outlive it, and autograd warns that they may cost a synchronization. A
+# speed note, not a correctness one; this test checks the numbers.
+@pytest.mark.filterwarnings("ignore:The AccumulateGrad node's stream does not match:UserWarning")
 def test_make_graphed_callables_equals_eager():
     """The MLP's forward and hand-derived backward as graphed callables, in a normal loop."""
     batches = _batches(5)
@@ -111,6 +115,7 @@ def test_make_graphed_callables_equals_eager():
         loss.backward()
         optimizer.step()
         losses.append(loss.detach())
+        del loss  # let this step's graph go before the next one is built
     reference = _mlp(manual=False)
     ref_losses = _eager_steps(reference, nn.MSELoss(), batches)
     torch.testing.assert_close(torch.stack(losses), torch.stack(ref_losses), **TOL)
