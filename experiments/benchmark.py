@@ -78,14 +78,21 @@ def twin_mlps(sizes: list[int], device) -> tuple[nn.Module, nn.Module]:
     return manual, native
 
 
-def train_step(model: nn.Module, loss_fn: Callable, x, y, autocast: torch.dtype | None = None):
-    """One forward + backward, as a training loop runs it."""
+def train_step(model: nn.Module, loss_fn: Callable, x, y, autocast=None, compiled=False):
+    """One forward + loss + backward, as a training loop runs it (forward and loss compiled
+    together when ``compiled``: the backward then comes from the same compiled graph)."""
+
+    def forward_loss(x, y):
+        return loss_fn(model(x), y)
+
+    if compiled:
+        forward_loss = torch.compile(forward_loss)
 
     def step():
         for p in model.parameters():
             p.grad = None
         with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
-            loss = loss_fn(model(x), y)
+            loss = forward_loss(x, y)
         loss.backward()
 
     return step
@@ -135,15 +142,13 @@ def mse_case(n, device, goal) -> Case:
 
 def mlp_case(name, sizes, batch, device, goal, compiled=False, autocast=None) -> Case:
     manual, native = twin_mlps(sizes, device)
-    if compiled:
-        manual, native = torch.compile(manual), torch.compile(native)
     x = torch.randn(batch, sizes[0], device=device)
     y = torch.randn(batch, sizes[-1], device=device)
     return Case(
         name,
         goal,
-        train_step(native, nn.MSELoss(), x, y, autocast),
-        train_step(manual, manualgrad.ManualMSELoss(), x, y, autocast),
+        train_step(native, nn.MSELoss(), x, y, autocast, compiled),
+        train_step(manual, manualgrad.ManualMSELoss(), x, y, autocast, compiled),
     )
 
 

@@ -70,9 +70,10 @@ class ManualMSEFunction(Function):
         (diff,) = ctx.saved_tensors
         grad = grad_diff  # dL'/dD reaching D directly (None outside double backward)
         if grad_loss is not None:
-            scale = 2.0 * grad_loss  # a scalar for 'mean'/'sum', shape S for 'none'
-            if ctx.reduction == "mean":
-                scale = scale / max(diff.numel(), 1)  # N (max: empty input, empty gradient)
+            # 2 g / N for 'mean' (max: an empty input has an empty gradient), else 2 g; one
+            # op on g, a scalar for 'mean'/'sum' and shape S for 'none'
+            n = max(diff.numel(), 1) if ctx.reduction == "mean" else 1
+            scale = grad_loss * (2.0 / n)
             grad = diff * scale if grad is None else grad + diff * scale  # 2 D g [/ N]
         if grad is None:
             return None, None, None
