@@ -79,8 +79,8 @@ class ManualMSEFunction(Function):
             return None, None, None
         need_input, need_target, _ = ctx.needs_input_grad
         input_shape, target_shape = ctx.shapes
-        grad_input = grad.sum_to_size(input_shape) if need_input else None  # dD/dy_hat = 1
-        grad_target = grad.neg().sum_to_size(target_shape) if need_target else None  # dD/dy = -1
+        grad_input = _sum_to(grad, input_shape) if need_input else None  # dD/dy_hat = 1
+        grad_target = _sum_to(grad.neg(), target_shape) if need_target else None  # dD/dy = -1
         return grad_input, grad_target, None
 
     @staticmethod
@@ -94,6 +94,11 @@ class ManualMSEFunction(Function):
             diff_t = input_t - target_t
         diff_t = diff_t.expand(diff.shape)  # dD (S)
         return _reduce(2.0 * diff * diff_t, ctx.reduction), diff_t
+
+
+def _sum_to(grad: Tensor, shape: torch.Size) -> Tensor:
+    """Sum a gradient over the dimensions broadcasting added or stretched, back to ``shape``."""
+    return grad if grad.shape == shape else grad.sum_to_size(shape)
 
 
 def _reduce(elementwise: Tensor, reduction: str) -> Tensor:
