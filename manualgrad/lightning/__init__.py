@@ -12,12 +12,16 @@ from manualgrad.lightning.data import (
     SineData,
     TutorialData,
 )
+from manualgrad.lightning.guards import GracefulStop, NonFiniteCheck, NonFiniteError
 from manualgrad.lightning.module import Regressor, build_network
 
 __all__ = [
     "CSVData",
+    "GracefulStop",
     "GradientAudit",
     "LinearData",
+    "NonFiniteCheck",
+    "NonFiniteError",
     "RegressionData",
     "Regressor",
     "SineData",

@@ -5,36 +5,15 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Iterator
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Sampler, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
+
+from manualgrad.lightning.loading import EpochShuffle, ResumableLoader
 
 __all__ = ["RegressionData", "LinearData", "TutorialData", "SineData", "CSVData"]
-
-
-class EpochShuffle(Sampler[int]):
-    """A random order that depends only on ``(seed, epoch)``.
-
-    Lightning calls ``set_epoch`` at the start of every epoch (and forwards it through the
-    sampler wrapper it adds under DDP), so a run resumed from a checkpoint sees exactly the
-    batches an unbroken run would have seen.
-    """
-
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed, self.epoch = size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
-
-    def __len__(self) -> int:
-        return self.size
 
 
 class RegressionData(pl.LightningDataModule):
@@ -45,8 +24,9 @@ class RegressionData(pl.LightningDataModule):
     part); ``predict`` runs on every row in its original order.
 
     Args:
-        batch_size: rows per batch; at least the number of training rows means full-batch
-            gradient descent.
+        batch_size: rows per batch and process; at least the number of training rows means
+            full-batch gradient descent. Under DDP each of ``N`` processes takes
+            ``batch_size`` rows per step, so a step sees ``N * batch_size`` rows.
         val_fraction: share of rows held out for validation (at least one row).
         seed: seeds the data itself (for synthetic data), the split, and the shuffling.
     """
@@ -90,14 +70,18 @@ class RegressionData(pl.LightningDataModule):
     def setup(self, stage: str) -> None:
         self._data()
 
-    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        dataset = self._data()[split]
-        sampler = EpochShuffle(len(dataset), self.seed) if shuffle else None
+    def _loader(self, split: str) -> DataLoader:
         # In-memory tensors: worker processes would only add start-up time.
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=0)
+        return DataLoader(self._data()[split], batch_size=self.batch_size, num_workers=0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        """Shuffled by ``(seed, epoch)``; each of several processes (DDP) takes its share of
+        every epoch's order, ``batch_size`` rows per step; resumable in mid-epoch."""
+        dataset = self._data()["train"]
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        sampler = EpochShuffle(len(dataset), self.seed, num_replicas=replicas, rank=rank)
+        return ResumableLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")
@@ -198,8 +182,8 @@ class SineData(RegressionData):
 class CSVData(RegressionData):
     """Your own table: one numeric target column and numeric feature columns.
 
-    The file is read in ``setup``, before the first step: a missing file raises
-    ``FileNotFoundError``; a missing column, an empty or non-numeric cell, or a NaN/inf
+    A missing file raises ``FileNotFoundError`` at once. The file is read in ``setup``,
+    before the first step: a missing column, an empty or non-numeric cell, or a NaN/inf
     raises ``ValueError`` naming the file, the line and the column.
 
     Args:
@@ -223,6 +207,7 @@ class CSVData(RegressionData):
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size, val_fraction, seed)
+        _check_file(path)
         self.save_hyperparameters()
         self.path, self.target, self.features, self.delimiter = path, target, features, delimiter
         self.feature_names: list[str] | None = None
@@ -232,11 +217,15 @@ class CSVData(RegressionData):
         return x, y
 
 
+def _check_file(path: str | os.PathLike) -> None:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"CSV file not found: {path!s} (data.path)")
+
+
 def _read_csv(
     path: str | os.PathLike, target: str, features: list[str] | None, delimiter: str
 ) -> tuple[list[str], Tensor, Tensor]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"CSV file not found: {path!s} (data.path)")
+    _check_file(path)
     with open(path, newline="", encoding="utf-8") as file:
         reader = csv.reader(file, delimiter=delimiter)
         header = [name.strip() for name in next(reader, [])]

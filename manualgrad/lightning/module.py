@@ -68,7 +68,8 @@ class Regressor(pl.LightningModule):
 
     Logged: ``train/loss`` every step, ``val/loss`` (and ``test/loss``) every epoch,
     ``train/grad_norm`` (2-norm of all gradients) every step and, for a ``[1, 1]``
-    model, the learned ``params/weight`` and ``params/bias`` after every step.
+    model, the learned ``params/weight`` and ``params/bias`` after every step. Under DDP the
+    losses are averaged over the processes, so they are those of the whole step.
     """
 
     def __init__(
@@ -117,7 +118,7 @@ class Regressor(pl.LightningModule):
             on_epoch=not per_step,
             prog_bar=True,
             batch_size=len(x),
-            sync_dist=not per_step,
+            sync_dist=True,  # under DDP, the mean over processes: the loss of the whole step
         )
         return loss
 
