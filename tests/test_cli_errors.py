@@ -12,6 +12,9 @@ import torch
 
 from manualgrad.lightning.cli import main, run
 
+# Should a case get as far as building a Trainer on a machine with a GPU.
+pytestmark = pytest.mark.filterwarnings("ignore:GPU available but not used:UserWarning")
+
 # (what is wrong, the options, the exit status, what stderr must say)
 BAD_INPUT = [
     ("an unknown key", ["--model.depth=3"], 2, "unrecognized arguments: --model.depth"),

@@ -95,21 +95,30 @@ def assert_same_run(run_dir: Path, state_dict: dict, expected: tuple[dict, dict]
 
 
 class SendSignal(Callback):
-    """Sends ``signum`` to this process when training step ``step`` starts (``during`` =
-    ``"batch"``), or in the middle of the validation that follows it (``"validation"``)."""
+    """Sends ``signum`` to this process ``times`` times when training step ``step`` starts
+    (``during="batch"``), or in the middle of the validation that follows it
+    (``"validation"``)."""
 
     def __init__(
-        self, step: int, during: Literal["batch", "validation"] = "batch", signum: int = 2
+        self,
+        step: int,
+        during: Literal["batch", "validation"] = "batch",
+        signum: int = 2,
+        times: int = 1,
     ) -> None:
-        self.step, self.during, self.signum = step, during, signum
+        self.step, self.during, self.signum, self.times = step, during, signum, times
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if self.during == "batch" and trainer.global_step == self.step:
-            os.kill(os.getpid(), self.signum)
+            self._send()
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
         last_step = trainer.global_step - 1
         if self.during == "validation" and last_step == self.step and batch_idx == 1:
+            self._send()
+
+    def _send(self) -> None:
+        for _ in range(self.times):
             os.kill(os.getpid(), self.signum)
 
 
@@ -146,6 +155,16 @@ def test_stop_anywhere_and_resume_exactly(
     assert resumed.trainer.log_dir == str(run_dir)  # the same run folder, continued
     assert resumed.trainer.global_step == 3 * STEPS_PER_EPOCH
     assert_same_run(run_dir, resumed.model.state_dict(), three_epochs)
+
+
+def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(tmp_path):
+    init_args = {"step": 13, "times": 2}
+    sender = {"class_path": f"{__name__}.SendSignal", "init_args": init_args}
+    with pytest.raises(SystemExit) as stopped:
+        run([*fit_args(tmp_path, epochs=3), f"--trainer.callbacks={json.dumps([sender])}"])
+    assert stopped.value.code == 1  # Lightning's exit on KeyboardInterrupt
+    last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == STEPS_PER_EPOCH  # epoch 0's
 
 
 @pytest.fixture(scope="module")

@@ -233,17 +233,16 @@ def main() -> None:
     try:
         run()
     except NonFiniteError as error:
-        _fail(
-            f"{error}\nTo go on, lower the learning rate (--model.optimizer.lr), or skip such "
-            "steps (--nonfinite.action skip)."
-        )
+        hint = "lower the learning rate (--model.optimizer.lr), or skip such steps"
+        _fail(f"{error}\nTo go on, {hint} (--nonfinite.action skip).", after_progress_bar=True)
     except (ValueError, OSError, MisconfigurationException) as error:
         if os.environ.get("JSONARGPARSE_DEBUG"):
             raise
         _fail(f"{error}\n(JSONARGPARSE_DEBUG=true shows the traceback)")
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, after_progress_bar: bool = False) -> None:
     if rank_zero_only.rank == 0:  # under DDP every process fails alike; say it once
-        print(f"manualgrad: error: {message}", file=sys.stderr, flush=True)
+        start = "\n" if after_progress_bar else ""  # the bar's line is left unfinished
+        print(f"{start}manualgrad: error: {message}", file=sys.stderr, flush=True)
     sys.exit(1)
