@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -67,3 +69,40 @@ def compare_with_native(manual_fn, native_fn, *inputs, tol: dict | None = None, 
         assert gm.dtype == gn.dtype
         torch.testing.assert_close(gm, gn, **tol, equal_nan=True)
     return out_m, out_n
+
+
+# ---- shared by the Lightning and CLI tests (no Lightning import here) -------------------
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+QUIET_CLI = [
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--trainer.accelerator=cpu",
+]
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: a second intra-op thread only contends with other processes here."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    """A working directory that looks like the repository root (``experiments/`` in it),
+    so the README's relative paths work and ``lightning_logs/`` lands in ``tmp_path``."""
+    (tmp_path / "experiments").symlink_to(EXPERIMENTS)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of a run (all its event files), read back with TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={SCALARS: 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()[SCALARS]}

@@ -9,36 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import QUIET_CLI
 
 from manualgrad.lightning import GradientAudit, Regressor, TutorialData
 from manualgrad.lightning.cli import run
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 # The tests train on the CPU on purpose, also on a machine with a GPU.
-pytestmark = pytest.mark.filterwarnings("ignore:GPU available but not used:UserWarning")
-QUIET = [
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-    "--trainer.accelerator=cpu",
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:GPU available but not used:UserWarning"),
+    pytest.mark.usefixtures("one_thread"),
 ]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: a second intra-op thread only contends with other processes here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch) -> Path:
-    """A working directory that looks like the repository root (``experiments/`` in it),
-    so the README's relative paths work and ``lightning_logs/`` lands in ``tmp_path``."""
-    (tmp_path / "experiments").symlink_to(EXPERIMENTS)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def test_python_m_manualgrad_prints_the_embedded_tutorial_config(workdir):
@@ -64,7 +44,7 @@ def test_python_m_manualgrad_prints_the_embedded_tutorial_config(workdir):
 
 
 def test_fit_without_options_trains_the_tutorial_and_saves_everything(workdir, capsys):
-    cli = run(["fit", "--trainer.max_epochs=3", *QUIET])
+    cli = run(["fit", "--trainer.max_epochs=3", *QUIET_CLI])
     assert isinstance(cli.datamodule, TutorialData)
     assert cli.model.layers == [1, 1]
     optimizer = cli.trainer.optimizers[0]
@@ -85,9 +65,9 @@ def test_fit_without_options_trains_the_tutorial_and_saves_everything(workdir, c
 @pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty:UserWarning")
 def test_rerunning_does_not_crash_on_an_existing_folder(workdir):
     for _ in range(2):
-        run(["fit", "--trainer.max_epochs=1", "--trainer.logger.version=same", *QUIET])
+        run(["fit", "--trainer.max_epochs=1", "--trainer.logger.version=same", *QUIET_CLI])
     for _ in range(2):
-        run(["fit", "--trainer.max_epochs=1", *QUIET])
+        run(["fit", "--trainer.max_epochs=1", *QUIET_CLI])
     runs = sorted(p.name for p in (workdir / "lightning_logs").iterdir())
     assert runs == ["same", "version_0", "version_1"]
 
@@ -103,7 +83,7 @@ def test_any_torch_optimizer_and_scheduler_from_the_command_line(workdir):
             "--model.lr_scheduler.step_size=1",
             "--model.lr_scheduler.gamma=0.5",
             "--trainer.max_epochs=2",
-            *QUIET,
+            *QUIET_CLI,
         ]
     )
     optimizer = cli.trainer.optimizers[0]
@@ -124,7 +104,7 @@ def test_model_options_from_the_command_line(workdir):
             "--data.size=40",
             "--gradient_audit.every_n_steps=1",
             "--trainer.max_steps=2",
-            *QUIET,
+            *QUIET_CLI,
         ]
     )
     assert type(cli.model.net[1]) is torch.nn.ReLU
@@ -138,14 +118,14 @@ def test_model_options_from_the_command_line(workdir):
 # it now saves elsewhere.
 @pytest.mark.filterwarnings("ignore:The dirpath has changed from:UserWarning")
 def test_validate_test_predict_from_the_last_checkpoint(workdir):
-    fit = run(["fit", "--trainer.max_epochs=5", *QUIET])
+    fit = run(["fit", "--trainer.max_epochs=5", *QUIET_CLI])
     val_loss = fit.trainer.callback_metrics["val/loss"].item()
     last = "lightning_logs/version_0/checkpoints/last.ckpt"
-    validate = run(["validate", f"--ckpt_path={last}", *QUIET])
+    validate = run(["validate", f"--ckpt_path={last}", *QUIET_CLI])
     assert validate.trainer.callback_metrics["val/loss"].item() == pytest.approx(val_loss)
-    test = run(["test", f"--ckpt_path={last}", *QUIET])
+    test = run(["test", f"--ckpt_path={last}", *QUIET_CLI])
     assert test.trainer.callback_metrics["test/loss"].item() == pytest.approx(val_loss)
-    predict = run(["predict", f"--ckpt_path={last}", *QUIET])
+    predict = run(["predict", f"--ckpt_path={last}", *QUIET_CLI])
     predictions = torch.cat(predict.trainer.predict_loop.predictions)  # (100, 1)
     x = predict.datamodule._data()["all"].tensors[0]
     with torch.no_grad():
@@ -156,7 +136,9 @@ def test_validate_test_predict_from_the_last_checkpoint(workdir):
 
 
 def test_regressor_reloads_from_a_cli_checkpoint(workdir):
-    run(["fit", "--trainer.max_epochs=2", "--model.layers=[1, 3, 1]", "--data=SineData", *QUIET])
+    run(
+        ["fit", "--trainer.max_epochs=2", "--model.layers=[1, 3, 1]", "--data=SineData", *QUIET_CLI]
+    )
     model = Regressor.load_from_checkpoint("lightning_logs/version_0/checkpoints/last.ckpt")
     assert model.layers == [1, 3, 1]
 
@@ -189,4 +171,4 @@ def test_a_missing_config_file_gets_a_clear_error(workdir, capsys):
 
 def test_a_missing_csv_file_names_the_file(workdir):
     with pytest.raises(FileNotFoundError, match="missing.csv"):
-        run(["fit", "--data=CSVData", "--data.path=missing.csv", "--data.target=y", *QUIET])
+        run(["fit", "--data=CSVData", "--data.path=missing.csv", "--data.target=y", *QUIET_CLI])

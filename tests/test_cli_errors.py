@@ -8,12 +8,14 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from manualgrad.lightning.cli import main, run
 
 # Should a case get as far as building a Trainer on a machine with a GPU.
-pytestmark = pytest.mark.filterwarnings("ignore:GPU available but not used:UserWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:GPU available but not used:UserWarning"),
+    pytest.mark.usefixtures("one_thread", "workdir"),
+]
 
 # (what is wrong, the options, the exit status, what stderr must say)
 BAD_INPUT = [
@@ -52,15 +54,6 @@ def test_bad_input_names_the_option_without_a_traceback(tmp_path):
         assert "Traceback" not in out + err, what
         assert len(err.splitlines()) < 15, (what, err)  # not the usage of every option
         assert not (cwd / "lightning_logs").exists(), what  # stopped before anything ran
-
-
-@pytest.fixture(autouse=True)
-def in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_the_argument_to_blame_is_found_for_any_optimizer_or_scheduler(capsys):

@@ -13,20 +13,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+from conftest import EXPERIMENTS, scalars
 
 from manualgrad.lightning.cli import run
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 # The tests train on the CPU on purpose, also on a machine with a GPU.
-pytestmark = pytest.mark.filterwarnings("ignore:GPU available but not used:UserWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:GPU available but not used:UserWarning"),
+    pytest.mark.usefixtures("one_thread"),
+]
 EPOCHS, STEPS_PER_EPOCH = 3, 13  # 800 training rows in steps of 64
-
-
-def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    events = EventAccumulator(str(run_dir), size_guidance={SCALARS: 0})
-    events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()[SCALARS]}
 
 
 def fit_args(save_dir: Path) -> list[str]:

@@ -12,45 +12,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+from conftest import EXPERIMENTS, QUIET_CLI, scalars
 
 from manualgrad.lightning import GradientAudit, LinearData
 from manualgrad.lightning.cli import run
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 CONFIGS = sorted(p.name for p in EXPERIMENTS.glob("*.yaml"))
 # The tests train on the CPU on purpose, also on a machine with a GPU.
-pytestmark = pytest.mark.filterwarnings("ignore:GPU available but not used:UserWarning")
-QUIET = [
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-    "--trainer.accelerator=cpu",
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:GPU available but not used:UserWarning"),
+    pytest.mark.usefixtures("one_thread"),
 ]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: a second intra-op thread only contends with other processes here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch) -> Path:
-    """A working directory that looks like the repository root (``experiments/`` in it),
-    so the README's relative paths work and ``lightning_logs/`` lands in ``tmp_path``."""
-    (tmp_path / "experiments").symlink_to(EXPERIMENTS)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar of a run, read back with TensorBoard's own reader."""
-    events = EventAccumulator(str(run_dir), size_guidance={SCALARS: 0})
-    events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()[SCALARS]}
 
 
 def test_the_experiments_are_there():
@@ -59,7 +31,7 @@ def test_the_experiments_are_there():
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_every_config_runs_a_short_fit(workdir, config):
-    cli = run(["fit", "--config", f"experiments/{config}", "--trainer.max_epochs=2", *QUIET])
+    cli = run(["fit", "--config", f"experiments/{config}", "--trainer.max_epochs=2", *QUIET_CLI])
     log_dir = Path(cli.trainer.logger.log_dir).resolve()
     assert log_dir.is_relative_to(workdir)
     assert (log_dir / "config.yaml").is_file()
@@ -106,7 +78,7 @@ def test_the_main_job_command_converges_as_stated(workdir):
 
 
 def test_mlp_sine_reaches_the_stated_validation_mse(workdir):
-    cli = run(["fit", "--config", "experiments/mlp_sine.yaml", *QUIET])
+    cli = run(["fit", "--config", "experiments/mlp_sine.yaml", *QUIET_CLI])
     val_mse = cli.trainer.callback_metrics["val/loss"].item()
     assert val_mse < 0.0026  # the README states 0.0024; the noise floor is 0.05^2 = 0.0025
 

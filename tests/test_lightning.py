@@ -33,16 +33,8 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:.*does not have many workers:UserWarning"),
     # The tests train on the CPU on purpose, also on a machine with a GPU.
     pytest.mark.filterwarnings("ignore:GPU available but not used:UserWarning"),
+    pytest.mark.usefixtures("one_thread"),
 ]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: a second intra-op thread only contends with other processes here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class MemoryLogger(Logger):

@@ -10,23 +10,22 @@ import re
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import EXPERIMENTS, scalars
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
-from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
 
 from manualgrad.lightning import LinearData, NonFiniteCheck, NonFiniteError, Regressor
 from manualgrad.lightning.cli import run
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 pytestmark = [
     # The tests train on the CPU on purpose, also on a machine with a GPU.
     pytest.mark.filterwarnings("ignore:GPU available but not used:UserWarning"),
     # Lightning 2.6 builds torch's deprecated pytree LeafSpec (torch 2.13).
     pytest.mark.filterwarnings(r"ignore:`isinstance\(treespec, LeafSpec\)`:FutureWarning"),
+    pytest.mark.usefixtures("one_thread", "workdir"),
 ]
 # The tutorial with a learning rate ten times too large: the loss grows ~100-fold a step.
 DIVERGING = [
@@ -36,21 +35,6 @@ DIVERGING = [
     "--trainer.enable_model_summary=false",
     "--trainer.accelerator=cpu",
 ]
-
-
-@pytest.fixture(autouse=True)
-def in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    events = EventAccumulator(str(run_dir), size_guidance={SCALARS: 0})
-    events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()[SCALARS]}
 
 
 def finite(state_dict: dict) -> bool:
@@ -171,11 +155,12 @@ def test_a_nonfinite_gradient_stops_before_the_step():
 
 
 def test_no_checkpoint_with_nonfinite_weights_is_written(tmp_path):
-    every_step = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_last=True)
+    every_step = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True)
     callbacks = [Poison(3, "weight"), NonFiniteCheck(), every_step]
     with pytest.raises(NonFiniteError, match=r"the weight net.0.weight is not finite at step 4"):
         trainer(callbacks, max_steps=10).fit(Regressor(), LinearData())
-    last = torch.load(tmp_path / "last.ckpt", weights_only=False)  # holds the optimizer class
+    # weights_only=False: a Lightning checkpoint holds the optimizer class
+    last = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
     assert last["global_step"] == 3 and finite(last["state_dict"])
 
 

@@ -16,14 +16,17 @@ from typing import Literal
 
 import pytest
 import torch
+from conftest import scalars
 from pytorch_lightning.callbacks import Callback
-from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
 
 from manualgrad.lightning import Regressor
 from manualgrad.lightning.cli import run
 
 # The tests train on the CPU on purpose, also on a machine with a GPU.
-pytestmark = pytest.mark.filterwarnings("ignore:GPU available but not used:UserWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:GPU available but not used:UserWarning"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 # An MLP with Adam and a step schedule on 100 sine points: 80 training rows in batches of 8
 # (10 steps per epoch, reshuffled every epoch), 20 validation rows in 3 batches.
@@ -50,22 +53,6 @@ data:
     batch_size: 8
 """
 STEPS_PER_EPOCH = 10
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: a second intra-op thread only contends with other processes here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar of a run (all its event files), read back with TensorBoard's reader."""
-    events = EventAccumulator(str(run_dir), size_guidance={SCALARS: 0})
-    events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()[SCALARS]}
 
 
 def fit_args(tmp: Path, epochs: int) -> list[str]:
