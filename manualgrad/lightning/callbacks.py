@@ -9,7 +9,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from torch import Tensor, nn
 
-from manualgrad import ManualLinear, ManualMSELoss
+from manualgrad import ManualMSELoss, restore_linear
 
 __all__ = ["GradientAudit", "native_twin"]
 
@@ -20,13 +20,12 @@ def native_twin(module: nn.Module) -> nn.Module:
 
     The manual modules add nothing to their native base classes but ``forward``, so on a
     deep copy (which keeps shared submodules shared) resetting each one's class to its base
-    gives exactly the native layer, holding the same weights.
+    (:func:`~manualgrad.restore_linear` for the Linears) gives exactly the native layer,
+    holding the same weights.
     """
-    twin = copy.deepcopy(module)
+    twin = restore_linear(copy.deepcopy(module))
     for sub in twin.modules():
-        if type(sub) is ManualLinear:
-            sub.__class__ = nn.Linear
-        elif type(sub) is ManualMSELoss:
+        if type(sub) is ManualMSELoss:
             sub.__class__ = nn.MSELoss
     return twin
 
