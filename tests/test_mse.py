@@ -149,3 +149,20 @@ def test_integer_tensors():
 def test_device_mismatch():
     with pytest.raises(RuntimeError, match="same device.*cpu.*meta"):
         mse_loss(torch.randn(3), torch.randn(3, device="meta"))
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_gradient_penalty_matches_native(reduction):
+    """loss + |dloss/dy_hat|^2 in one backward: the Function's backward then receives a
+    gradient for L and one for its D output at once, and must add them."""
+
+    def penalized(loss_fn):
+        def fn(a, b):
+            loss = loss_fn(a, b, reduction=reduction).sum()
+            (grad,) = torch.autograd.grad(loss, a, create_graph=True)
+            return loss + grad.square().sum()
+
+        return fn
+
+    a, b = _pair((4, 3), (4, 3), torch.float64, "cpu")
+    compare_with_native(penalized(mse_loss), penalized(F.mse_loss), a, b)
