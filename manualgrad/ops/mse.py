@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import Tensor, nn
 from torch.autograd import Function
 
-from manualgrad._apply import ManualOp, autocast_dtype
+from manualgrad.ops._apply import ManualOp, autocast_dtype, warn_traceable
 
 __all__ = ["ManualMSEFunction", "mse_loss", "ManualMSELoss"]
 
@@ -134,23 +132,11 @@ def _check(input: Tensor, target: Tensor, reduction: str) -> None:
                 f"mse_loss: input shape {tuple(input.shape)} and target shape "
                 f"{tuple(target.shape)} cannot be broadcast together"
             ) from err
-        _warn_once_traced(
+        warn_traceable(
             f"Using a target size ({target.size()}) that is different to the input size "
             f"({input.size()}). This will likely lead to incorrect results due to broadcasting. "
             "Please ensure they have the same size."
         )
-
-
-def _warn_once_traced(message: str) -> bool:
-    """``warnings.warn`` that torch.compile runs while tracing, as for F.mse_loss, instead of
-    breaking the graph; in eager it is a plain call."""
-    warnings.warn(message, stacklevel=4)
-    return True
-
-
-# What torch.compiler.assume_constant_result sets (torch 2.11-2.13); calling it would load
-# Dynamo, about a second, on every ``import manualgrad``.
-_warn_once_traced._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:

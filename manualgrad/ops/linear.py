@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from torch.autograd import Function
 from torch.nn import functional as F
 
-from manualgrad._apply import ManualOp, autocast_dtype
+from manualgrad.ops._apply import ManualOp, autocast_dtype
 
 __all__ = ["ManualLinearFunction", "linear", "ManualLinear"]
 
@@ -176,7 +176,8 @@ class ManualLinear(nn.Linear):
     r"""Drop-in for :class:`torch.nn.Linear` whose backward is :class:`ManualLinearFunction`.
 
     Applies ``y = x W^T + b``. Being a subclass of ``nn.Linear``, it has the same
-    initialisation (under the same seed), state_dict keys, repr and constructor.
+    constructor, initialisation (under the same seed) and state_dict keys; its repr differs
+    only in the class name (``ManualLinear(in_features=..., ...)``).
 
     Args:
         in_features: size of each input sample.
