@@ -5,10 +5,17 @@
 """
 
 from manualgrad import functional
-from manualgrad.check import GradientReport, check_gradients
-from manualgrad.convert import ConversionReport, conversion_report, replace_linear, restore_linear
-from manualgrad.linear import ManualLinear, ManualLinearFunction
-from manualgrad.mse import ManualMSEFunction, ManualMSELoss
+from manualgrad.check import GradientReport, check_gradients, hand_derived_nodes
+from manualgrad.convert import (
+    ConversionReport,
+    conversion_report,
+    replace_linear,
+    replace_modules,
+    restore_linear,
+    restore_modules,
+)
+from manualgrad.ops.linear import ManualLinear, ManualLinearFunction
+from manualgrad.ops.mse import ManualMSEFunction, ManualMSELoss
 
 __all__ = [
     "ConversionReport",
@@ -20,8 +27,11 @@ __all__ = [
     "check_gradients",
     "conversion_report",
     "functional",
+    "hand_derived_nodes",
     "replace_linear",
+    "replace_modules",
     "restore_linear",
+    "restore_modules",
 ]
 
 __version__ = "0.1.0"

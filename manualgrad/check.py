@@ -2,33 +2,39 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from manualgrad.convert import _set_base_type
-from manualgrad.linear import ManualLinear, ManualLinearFunction
-from manualgrad.mse import ManualMSEFunction, ManualMSELoss
+from manualgrad import registry
+from manualgrad.convert import as_native
+from manualgrad.ops._apply import hand_derived_function
 
-__all__ = ["GradientDiff", "GradientReport", "check_gradients"]
+__all__ = [
+    "TOLERANCES",
+    "GradientDiff",
+    "GradientReport",
+    "check_gradients",
+    "compare",
+    "hand_derived_nodes",
+    "backward_coverage",
+    "Coverage",
+]
 
-# (rtol, atol) per dtype; a gradient passes when max |manual - native| <= atol + rtol * scale,
-# where scale is its largest native entry. Only the backward differs between the two runs
-# (the forward is the same kernel), so this is summation order, nothing more.
-_TOLERANCES = {
+#: (rtol, atol) per dtype; a gradient passes when max |manual - native| <= atol + rtol * scale,
+#: where scale is its largest native entry. The two runs differ in the order of their sums
+#: (and, where a manual forward is written differently, in its rounding), nothing more.
+TOLERANCES = {
     torch.float64: (1e-10, 1e-12),
     torch.float32: (1e-5, 1e-7),
     torch.bfloat16: (2e-2, 1e-4),
     torch.float16: (5e-3, 1e-5),
 }
-_NATIVE = ((ManualLinear, nn.Linear), (ManualMSELoss, nn.MSELoss))
-_MANUAL_FUNCTIONS = (ManualLinearFunction, ManualMSEFunction)
 
 
 @dataclass(frozen=True)
@@ -88,36 +94,70 @@ class GradientReport:
         return "\n".join(lines)
 
 
-@contextlib.contextmanager
-def _native(modules: list[nn.Module]) -> Iterator[None]:
-    """Temporarily give each manualgrad module the class of its native twin."""
-    saved = [(m, type(m)) for m in modules]
-    try:
-        for m, _ in saved:
-            _set_base_type(m, next(native for manual, native in _NATIVE if isinstance(m, manual)))
-        yield
-    finally:
-        for m, cls in saved:
-            m.__class__ = cls
+# Backward nodes with no math in them: they only move, view, cast or route a gradient
+# (residual additions included: their backward hands the gradient on unchanged).
+_STRUCTURAL = frozenset(
+    {
+        "AccumulateGrad", "AliasBackward0", "AsStridedBackward0", "CatBackward0",
+        "CloneBackward0", "ExpandBackward0", "PermuteBackward0", "ReshapeAliasBackward0",
+        "SelectBackward0", "SliceBackward0", "SplitBackward0", "SplitWithSizesBackward0",
+        "SqueezeBackward0", "SqueezeBackward1", "SqueezeBackward2", "StackBackward0",
+        "TBackward0", "ToCopyBackward0", "TransposeBackward0", "TransposeBackward1",
+        "UnbindBackward0", "UnsafeSplitBackward0", "UnsafeViewBackward0",
+        "UnsqueezeBackward0", "ViewBackward0", "AddBackward0",
+    }
+)  # fmt: skip
 
 
-def _backward_nodes(root) -> Counter:
-    """Hand-derived backward nodes in the graph below ``root``, by Function name."""
-    found, seen, stack = Counter(), set(), [root]
+@dataclass(frozen=True)
+class Coverage:
+    """The backward graph below an output: its hand-derived nodes and the native nodes
+    with math in them, each by name (views, reshapes, casts, residual additions and
+    AccumulateGrad are neither)."""
+
+    hand_derived: dict[str, int]
+    native: dict[str, int]
+
+    @property
+    def complete(self) -> bool:
+        """Every node with math in it is hand-derived (and there is at least one)."""
+        return bool(self.hand_derived) and not self.native
+
+    def __str__(self) -> str:
+        total = sum(self.hand_derived.values())
+        native = ", ".join(f"{k} x{v}" for k, v in sorted(self.native.items())) or "none"
+        return f"hand-derived {total} of {total + sum(self.native.values())} backward nodes; native: {native}"
+
+
+def backward_coverage(output: Tensor) -> Coverage:
+    """Walk the backward graph below ``output`` and sort its nodes (see :class:`Coverage`)."""
+    hand, native, seen, stack = Counter(), Counter(), set(), [output.grad_fn]
     while stack:
         node = stack.pop()
         if node is None or node in seen:
             continue
         seen.add(node)
-        fn_cls = getattr(type(node), "_forward_cls", None)
-        if isinstance(fn_cls, type) and issubclass(fn_cls, _MANUAL_FUNCTIONS):
-            found[fn_cls.__name__] += 1
+        fn_cls = hand_derived_function(getattr(type(node), "_forward_cls", None))
+        if fn_cls is not None:
+            hand[fn_cls.__name__] += 1
+        elif type(node).__name__ not in _STRUCTURAL:
+            native[type(node).__name__] += 1
         stack.extend(next_node for next_node, _ in node.next_functions)
-    return found
+    return Coverage(dict(hand), dict(native))
 
 
-def _diff(name: str, manual: Tensor, native: Tensor, rtol: float | None, atol: float | None):
-    default_rtol, default_atol = _TOLERANCES.get(native.dtype, _TOLERANCES[torch.float32])
+def hand_derived_nodes(output: Tensor) -> Counter:
+    """The hand-derived backward nodes in the graph below ``output``, by Function name."""
+    return Counter(backward_coverage(output).hand_derived)
+
+
+def compare(
+    name: str, manual: Tensor, native: Tensor, rtol: float | None = None, atol: float | None = None
+) -> GradientDiff:
+    """How far ``manual`` is from ``native``, and whether that is within tolerance
+    (:data:`TOLERANCES` for ``native``'s dtype unless ``rtol``/``atol`` are given).
+    NaNs agree with NaNs and equal infinities with each other."""
+    default_rtol, default_atol = TOLERANCES.get(native.dtype, TOLERANCES[torch.float32])
     rtol = default_rtol if rtol is None else rtol
     atol = default_atol if atol is None else atol
     manual, native = manual.detach().double(), native.detach().double()
@@ -142,14 +182,15 @@ def check_gradients(
 ) -> GradientReport:
     """Run ``model`` once with its hand-derived backward and once with native autograd.
 
-    The native run gives every manualgrad module (``ManualLinear``, ``ManualMSELoss``, in
-    ``model`` and in ``loss_fn`` when it is a module) its native class for the duration,
+    The native run gives every manualgrad module (``ManualLinear``, ``ManualMSELoss``, ...: the
+    table in :mod:`manualgrad.registry`, in ``model`` and in ``loss_fn`` when it is a module)
+    its native class for the duration,
     on the same batch, parameters and random state (dropout draws the same masks). The
     gradient of every parameter that requires one, and of every input tensor that
     requires one, is compared.
 
     Args:
-        model: the converted model (see :func:`manualgrad.replace_linear`).
+        model: the converted model (see :func:`manualgrad.replace_modules`).
         *example_inputs: the positional arguments of ``model``.
         target: passed to ``loss_fn(output, target)`` when given.
         loss_fn: reduces the output to a scalar: ``loss_fn(output, target)``, or
@@ -171,19 +212,20 @@ def check_gradients(
 
     Examples::
 
-        >>> model = manualgrad.replace_linear(nn.Sequential(nn.Linear(3, 8), nn.Tanh()))
+        >>> model = manualgrad.replace_modules(nn.Sequential(nn.Linear(3, 8), nn.Tanh()))
         >>> report = manualgrad.check_gradients(model, torch.randn(16, 3))
         >>> report.passed
         True
     """
     roots = [model] + ([loss_fn] if isinstance(loss_fn, nn.Module) else [])
-    manual = list({id(m): m for r in roots for m in r.modules() if _is_manual(m)}.values())
+    manual = [m for r in roots for m in r.modules() if registry.is_manual(m)]
+    manual = list({id(m): m for m in manual}.values())
     if not manual:
         raise ValueError(
-            "check_gradients: the model has no ManualLinear or ManualMSELoss module; "
-            "convert it first with manualgrad.replace_linear(model)"
+            "check_gradients: the model has no manualgrad module; "
+            "convert it first with manualgrad.replace_modules(model)"
         )
-    names = {id(m): n or "<model>" for n, m in model.named_modules() if _is_manual(m)}
+    names = {id(m): n or "<model>" for n, m in model.named_modules() if registry.is_manual(m)}
     if isinstance(loss_fn, nn.Module):
         names.update({id(m): n for n, m in loss_fn.named_modules(prefix="loss_fn")})
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -227,10 +269,10 @@ def check_gradients(
     try:
         with torch.random.fork_rng(devices=devices), torch.enable_grad():
             loss_m, grads_m = run()
-            nodes = _backward_nodes(loss_m.grad_fn)
+            nodes = hand_derived_nodes(loss_m)
             for h in hooks:
                 h.remove()
-            with _native(manual):
+            with as_native(manual):
                 loss_n, grads_n = run()
     finally:
         for h in hooks:
@@ -243,10 +285,6 @@ def check_gradients(
     for (name, t), gm, gn in zip(wrt, grads_m, grads_n, strict=True):
         gm = torch.zeros_like(t) if gm is None else gm
         gn = torch.zeros_like(t) if gn is None else gn
-        rows.append(_diff(name, gm, gn, rtol, atol))
+        rows.append(compare(name, gm, gn, rtol, atol))
     module_calls = {names[id(m)]: calls[id(m)] for m in manual}
     return GradientReport(tuple(rows), dict(nodes), module_calls, loss_m.item(), loss_n.item())
-
-
-def _is_manual(module: nn.Module) -> bool:
-    return isinstance(module, (ManualLinear, ManualMSELoss))

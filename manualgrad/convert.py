@@ -1,38 +1,44 @@
-"""Convert the Linear layers of an existing model to :class:`ManualLinear`, and back.
+"""Convert the modules of an existing model to their manual classes, and back.
 
 Conversion changes the class of each selected module in place (``module.__class__ =
-ManualLinear``), which is possible because :class:`ManualLinear` is an ``nn.Linear`` that
-only overrides ``forward``. Everything else about the module is untouched: the very same
-Parameter objects (an optimizer made before the swap keeps training the model, tied weights
-stay tied), buffers, state_dict keys, hooks, train/eval mode, device (meta included) and
-dtype. A module registered under several names is one object, so it is converted once and
-stays shared. ``torch.nn.utils.parametrize`` parametrizations keep working: the generated
-``ParametrizedLinear`` class is rebuilt over ``ManualLinear``.
+ManualLinear``), which is possible because every manual class is a subclass of its native
+class that only overrides ``forward`` (the table in :mod:`manualgrad.registry`). Everything
+else about the module is untouched: the very same Parameter objects (an optimizer made
+before the swap keeps training the model, tied weights stay tied), buffers, state_dict
+keys, hooks, train/eval mode, device (meta included) and dtype. A module registered under
+several names is one object, so it is converted once and stays shared.
+``torch.nn.utils.parametrize`` parametrizations keep working: the generated
+``ParametrizedLinear`` class is rebuilt over the manual class.
 
-Only modules whose type is exactly ``nn.Linear`` are converted. A subclass may have its
-own ``forward``, or none that is ever called: ``nn.MultiheadAttention.out_proj`` is such a
-subclass, and MHA reads its weight directly, so converting it would change nothing. Those
-are left native and reported with the reason; :func:`conversion_report` describes a model
-at any time, and :func:`replace_linear` logs the same summary to the ``manualgrad`` logger.
+Only modules whose type is exactly a native class of the table are converted. A subclass
+may have its own ``forward``, or none that is ever called: ``nn.MultiheadAttention.out_proj``
+is such a subclass, and MHA reads its weight directly, so converting it would change
+nothing. Those are left native and reported with the reason; :func:`conversion_report`
+describes a model at any time, and :func:`replace_modules` logs the same summary to the
+``manualgrad`` logger.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from torch import nn
 from torch.nn.utils import parametrize
 
-from manualgrad.linear import ManualLinear
+from manualgrad import registry
 
 __all__ = [
-    "LinearStatus",
     "ConversionReport",
+    "ModuleStatus",
+    "as_native",
     "conversion_report",
     "replace_linear",
+    "replace_modules",
     "restore_linear",
+    "restore_modules",
 ]
 
 _log = logging.getLogger("manualgrad")
@@ -40,15 +46,15 @@ _MHA_REASON = (
     "nn.MultiheadAttention reads this weight directly and never calls its forward, "
     "so converting it would change nothing"
 )
-
 _EXCLUDED = "excluded by filter_fn"
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 FilterFn = Callable[[nn.Module, str], bool]
 
 
 @dataclass(frozen=True)
-class LinearStatus:
-    """One ``nn.Linear`` instance of a model: its names, its class, whether it is manual."""
+class ModuleStatus:
+    """One module of a model: its names, its class, whether its forward is hand-derived."""
 
     names: tuple[str, ...]  # every name it is registered under; "" is the model itself
     type_name: str
@@ -60,15 +66,18 @@ class LinearStatus:
         return self.names[0]
 
 
+LinearStatus = ModuleStatus  # the name before modules other than nn.Linear were converted
+
+
 @dataclass(frozen=True)
 class ConversionReport:
-    """Every ``nn.Linear`` (subclasses included) of a model, each listed once.
+    """Every module of a model that computes something (containers aside), each listed once.
 
-    ``converted`` names the modules whose forward runs the hand-derived backward;
-    ``skipped`` maps each other one to the reason. Printing gives one line per module.
+    ``converted`` names the modules whose forward runs a hand-derived backward; ``skipped``
+    maps each other one to the reason. Printing gives one line per module.
     """
 
-    modules: tuple[LinearStatus, ...]
+    modules: tuple[ModuleStatus, ...]
 
     @property
     def converted(self) -> tuple[str, ...]:
@@ -80,7 +89,7 @@ class ConversionReport:
 
     def __str__(self) -> str:
         n = len(self.converted)
-        lines = [f"{n} of {len(self.modules)} nn.Linear modules use the hand-derived backward"]
+        lines = [f"{n} of {len(self.modules)} modules use a hand-derived backward"]
         for m in self.modules:
             names = " = ".join(repr(name) for name in m.names)
             state = "manual" if m.converted else f"native: {m.reason}"
@@ -106,6 +115,24 @@ def _set_base_type(module: nn.Module, base: type[nn.Module]) -> None:
         module.__class__ = base
 
 
+@contextlib.contextmanager
+def as_native(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """Temporarily give each manual module among ``modules`` (subclasses of a manual class
+    too) its native class, from the table in :mod:`manualgrad.registry`; on exit every
+    module has its own class again."""
+    saved = [(m, type(m)) for m in modules]
+    try:
+        for m, _ in saved:
+            natives = (registry.native_class(c) for c in _base_type(m).__mro__)
+            native = next((n for n in natives if n is not None), None)
+            if native is not None:
+                _set_base_type(m, native)
+        yield
+    finally:
+        for m, cls in saved:
+            m.__class__ = cls
+
+
 def _aliases(model: nn.Module) -> dict[int, tuple[nn.Module, list[str], list[nn.Module]]]:
     """id -> (module, every name it is registered under, every parent), in model order."""
     by_name = dict(model.named_modules(remove_duplicate=False))
@@ -118,57 +145,73 @@ def _aliases(model: nn.Module) -> dict[int, tuple[nn.Module, list[str], list[nn.
     return found
 
 
-def _status(module: nn.Module, names: list[str], parents: list[nn.Module], excluded: bool):
+def _native_family(base: type) -> type | None:
+    """The native class of the table that ``base`` is, or subclasses, or None."""
+    for native in registry.MANUAL_CLASSES:
+        if issubclass(base, native):
+            return native
+    return None
+
+
+def _reason(module: nn.Module, parents: list[nn.Module], excluded: bool) -> str:
+    """Why ``module`` (not manual) runs on native autograd."""
     base = _base_type(module)
-    converted = isinstance(module, ManualLinear)
-    if converted:
-        reason = ""
-    elif any(isinstance(p, nn.MultiheadAttention) for p in parents):
-        reason = _MHA_REASON
-    elif isinstance(module, nn.LazyLinear):
-        reason = "uninitialized LazyLinear: run one forward first, then it is an nn.Linear"
-    elif base is not nn.Linear:
-        reason = (
-            f"{base.__name__} subclasses nn.Linear and may have its own forward; "
-            "only modules whose type is exactly nn.Linear are converted"
+    family = _native_family(base)
+    if family is nn.Linear and any(isinstance(p, nn.MultiheadAttention) for p in parents):
+        return _MHA_REASON
+    if isinstance(module, nn.modules.lazy.LazyModuleMixin):
+        return f"uninitialized {base.__name__}: run one forward first"
+    if family is None:
+        return f"no hand-derived op for {base.__name__}"
+    if base is not family:
+        return (
+            f"{base.__name__} subclasses nn.{family.__name__} and may have its own forward; "
+            f"only modules whose type is exactly nn.{family.__name__} are converted"
         )
-    elif excluded:
-        reason = _EXCLUDED
-    else:
-        reason = "plain nn.Linear, not converted"
-    return LinearStatus(tuple(names), type(module).__name__, converted, reason)
+    return _EXCLUDED if excluded else f"plain nn.{family.__name__}, not converted"
 
 
-def _report(model: nn.Module, excluded: set[int]) -> ConversionReport:
-    modules = tuple(
-        _status(module, names, parents, id(module) in excluded)
-        for module, names, parents in _aliases(model).values()
-        if isinstance(module, nn.Linear)
-    )
-    return ConversionReport(modules)
+def _listed(module: nn.Module) -> bool:
+    """Whether the report lists ``module``: it computes something itself."""
+    if isinstance(module, _CONTAINERS):
+        return False
+    return not any(True for _ in module.children()) or _native_family(type(module)) is not None
+
+
+def _rows(model: nn.Module, excluded: set[int]) -> list[tuple[nn.Module, ModuleStatus]]:
+    rows = []
+    for module, names, parents in _aliases(model).values():
+        if not _listed(module):
+            continue
+        converted = registry.is_manual(module)
+        reason = "" if converted else _reason(module, parents, id(module) in excluded)
+        rows.append((module, ModuleStatus(tuple(names), type(module).__name__, converted, reason)))
+    return rows
 
 
 def conversion_report(model: nn.Module) -> ConversionReport:
-    """Describe which ``nn.Linear`` modules of ``model`` use the hand-derived backward.
+    """Describe which modules of ``model`` use a hand-derived backward.
 
-    "Converted" means the module's forward runs :class:`ManualLinearFunction`. A module
-    whose weight your own code reads directly (``F.linear(x, self.fc.weight)``) never
-    calls that forward; :func:`manualgrad.check_gradients` shows which modules really ran.
+    "Converted" means the module's forward runs a hand-derived Function. A module whose
+    weight your own code reads directly (``F.linear(x, self.fc.weight)``) never calls that
+    forward; :func:`manualgrad.check_gradients` shows which modules really ran.
     """
-    return _report(model, set())
+    return ConversionReport(tuple(status for _, status in _rows(model, set())))
 
 
 def _swap(
-    model: nn.Module, source: type, target: type, filter_fn: FilterFn | None
+    model: nn.Module, pairs: dict[type, type], filter_fn: FilterFn | None
 ) -> tuple[int, set[int]]:
-    """Give every module of type ``source`` (before parametrizations) the type ``target``.
+    """Give every module whose type (before parametrizations) is a key of ``pairs`` the
+    matching value as its type.
 
     A module registered under several names is swapped once, if ``filter_fn`` accepts it
     under any of them. Returns how many were swapped and the ids of those turned down.
     """
     swapped, excluded = 0, set()
     for module, names, _ in _aliases(model).values():
-        if _base_type(module) is not source:
+        target = pairs.get(_base_type(module))
+        if target is None:
             continue
         if filter_fn is None or any(filter_fn(module, name) for name in names):
             _set_base_type(module, target)
@@ -182,49 +225,75 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'s' * (n != 1)}"
 
 
-def replace_linear(model: nn.Module, filter_fn: FilterFn | None = None) -> nn.Module:
-    """Make every ``nn.Linear`` of ``model`` a :class:`ManualLinear`, in place.
+def _convert(model: nn.Module, pairs: dict, filter_fn: FilterFn | None, caller: str) -> None:
+    """Swap native classes for manual ones, then log what the swap leaves native among the
+    modules of the converted families (all of them for :func:`replace_modules`)."""
+    swapped, excluded = _swap(model, pairs, filter_fn)
+    scope = tuple(pairs) if len(pairs) == 1 else (nn.Module,)
+    rows = [status for module, status in _rows(model, excluded) if isinstance(module, scope)]
+    left: dict[str, list[str]] = {}  # reason -> names left native, filter_fn's aside
+    for m in rows:
+        if not m.converted and m.reason != _EXCLUDED:
+            left.setdefault(m.reason, []).append(m.name or "<model>")
+    what = f"nn.{scope[0].__name__} modules" if len(pairs) == 1 else "modules"
+    msg = f"{caller}: converted {_plural(swapped, 'module')}; "
+    msg += f"{sum(m.converted for m in rows)} of {len(rows)} {what} are manual"
+    for reason, names in left.items():
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        msg += f"; left native: {shown} ({reason})"
+    _log.log(logging.WARNING if left else logging.INFO, msg)
+
+
+def replace_modules(model: nn.Module, filter_fn: FilterFn | None = None) -> nn.Module:
+    """Give every module of ``model`` whose type is exactly a native class of
+    :mod:`manualgrad.registry` its manual class, in place.
 
     Args:
         model: any module; it is changed in place and returned. The modules keep their
-            identity (the class changes, the object does not), so a model that is itself an
-            ``nn.Linear`` is returned as its own replacement, now a ``ManualLinear``.
+            identity (the class changes, the object does not), so a model that is itself,
+            say, an ``nn.Linear`` is returned as its own replacement, now a ``ManualLinear``.
         filter_fn: ``filter_fn(module, fully_qualified_name) -> bool`` picks which modules to
             convert (torchao's convention; the model itself is named ``""``). Default: all.
 
-    Only modules whose type is exactly ``nn.Linear`` (parametrized ones included) are
+    Only modules whose type is exactly a native class (parametrized ones included) are
     converted; the others are left native with a reason. A one-line summary goes to the
-    ``manualgrad`` logger (a warning when some Linear subclass was left native);
+    ``manualgrad`` logger (a warning when some module was left native);
     :func:`conversion_report` gives the full list.
 
     Examples::
 
         >>> model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 1))
-        >>> model = manualgrad.replace_linear(model)
+        >>> model = manualgrad.replace_modules(model)
         >>> type(model[0]).__name__
         'ManualLinear'
     """
-    swapped, excluded = _swap(model, nn.Linear, ManualLinear, filter_fn)
-    report = _report(model, excluded)
-    left: dict[str, list[str]] = {}  # reason -> names of Linear subclasses left native
-    for m in report.modules:
-        if not m.converted and m.reason != _EXCLUDED:
-            left.setdefault(m.reason, []).append(m.name or "<model>")
-    msg = f"replace_linear: converted {_plural(swapped, 'module')}; "
-    msg += f"{len(report.converted)} of {len(report.modules)} nn.Linear modules are manual"
-    for reason, names in left.items():
-        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-        msg += f"; left native: {shown} ({reason})"
-    _log.log(logging.WARNING if left else logging.INFO, msg)
+    _convert(model, dict(registry.MANUAL_CLASSES), filter_fn, "replace_modules")
+    return model
+
+
+def restore_modules(model: nn.Module, filter_fn: FilterFn | None = None) -> nn.Module:
+    """Inverse of :func:`replace_modules`: every module whose type is exactly a manual class
+    (parametrized ones included) gets its native class back, in place, keeping its
+    parameters, hooks and parametrizations. ``filter_fn`` as in :func:`replace_modules`.
+    Returns ``model``.
+    """
+    pairs = {manual: native for native, manual in registry.MANUAL_CLASSES.items()}
+    swapped, _ = _swap(model, pairs, filter_fn)
+    _log.info("restore_modules: restored %s to their native classes", _plural(swapped, "module"))
+    return model
+
+
+def replace_linear(model: nn.Module, filter_fn: FilterFn | None = None) -> nn.Module:
+    """:func:`replace_modules` for ``nn.Linear`` alone: every module whose type is exactly
+    ``nn.Linear`` becomes a :class:`~manualgrad.ManualLinear`, in place. Returns ``model``.
+    """
+    _convert(model, {nn.Linear: registry.MANUAL_CLASSES[nn.Linear]}, filter_fn, "replace_linear")
     return model
 
 
 def restore_linear(model: nn.Module, filter_fn: FilterFn | None = None) -> nn.Module:
     """Inverse of :func:`replace_linear`: every module whose type is exactly
-    :class:`ManualLinear` (parametrized ones included) becomes an ``nn.Linear`` again,
-    in place, keeping its parameters, hooks and parametrizations. ``filter_fn`` as in
-    :func:`replace_linear`. Returns ``model``.
-    """
-    swapped, _ = _swap(model, ManualLinear, nn.Linear, filter_fn)
+    :class:`~manualgrad.ManualLinear` becomes an ``nn.Linear`` again, in place."""
+    swapped, _ = _swap(model, {registry.MANUAL_CLASSES[nn.Linear]: nn.Linear}, filter_fn)
     _log.info("restore_linear: restored %s to nn.Linear", _plural(swapped, "module"))
     return model

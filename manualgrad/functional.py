@@ -4,7 +4,7 @@
 ``torch.nn.functional.linear`` and ``torch.nn.functional.mse_loss``.
 """
 
-from manualgrad.linear import linear
-from manualgrad.mse import mse_loss
+from manualgrad.ops.linear import linear
+from manualgrad.ops.mse import mse_loss
 
 __all__ = ["linear", "mse_loss"]

@@ -140,7 +140,7 @@ def test_tolerances_can_be_set():
 
 
 def test_bad_calls_raise_with_a_message():
-    with pytest.raises(ValueError, match="replace_linear"):
+    with pytest.raises(ValueError, match="replace_modules"):
         check_gradients(nn.Linear(3, 3), torch.randn(2, 3))
     tuple_model = replace_linear(nn.ModuleList([nn.Linear(3, 3)]))
     tuple_model.forward = lambda x: (tuple_model[0](x), x)
