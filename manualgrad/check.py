@@ -37,63 +37,6 @@ TOLERANCES = {
 }
 
 
-@dataclass(frozen=True)
-class GradientDiff:
-    """One parameter (or input): how far its hand-derived gradient is from autograd's."""
-
-    name: str
-    shape: tuple[int, ...]
-    max_abs: float  # max |manual - native|
-    max_rel: float  # max_abs / scale
-    scale: float  # max |native|
-    passed: bool
-
-
-@dataclass(frozen=True)
-class GradientReport:
-    """What :func:`check_gradients` found; ``print(report)`` shows it as a table."""
-
-    rows: tuple[GradientDiff, ...]
-    backward_calls: dict[str, int]  # hand-derived Function -> nodes in the manual graph
-    module_calls: dict[str, int]  # manual module name -> forward calls in the manual run
-    loss_manual: float
-    loss_native: float
-
-    @property
-    def max_abs(self) -> float:
-        return max((r.max_abs for r in self.rows), default=0.0)
-
-    @property
-    def max_rel(self) -> float:
-        return max((r.max_rel for r in self.rows), default=0.0)
-
-    @property
-    def passed(self) -> bool:
-        """Every gradient within tolerance, and a hand-derived backward actually ran."""
-        return sum(self.backward_calls.values()) > 0 and all(r.passed for r in self.rows)
-
-    def __str__(self) -> str:
-        calls = ", ".join(f"{k} x{v}" for k, v in self.backward_calls.items()) or "none"
-        lines = [
-            f"check_gradients: {'PASSED' if self.passed else 'FAILED'}; "
-            f"max abs diff {self.max_abs:.3g}, max rel diff {self.max_rel:.3g}",
-            f"hand-derived backward nodes: {calls}; "
-            f"loss manual {self.loss_manual:.8g}, native {self.loss_native:.8g}",
-        ]
-        idle = [name for name, n in self.module_calls.items() if n == 0]
-        if idle:
-            lines.append(f"manual modules whose forward never ran: {', '.join(idle)}")
-        width = max([len("parameter")] + [len(r.name) for r in self.rows])
-        lines.append(f"{'parameter':<{width}}  {'shape':<14} {'max abs':>9} {'max rel':>9}  ok")
-        for r in self.rows:
-            shape = str(tuple(r.shape))
-            lines.append(
-                f"{r.name:<{width}}  {shape:<14} {r.max_abs:>9.3g} {r.max_rel:>9.3g}  "
-                f"{'yes' if r.passed else 'NO'}"
-            )
-        return "\n".join(lines)
-
-
 # Backward nodes with no math in them: they only move, view, cast or route a gradient
 # (residual additions included: their backward hands the gradient on unchanged).
 _STRUCTURAL = frozenset(
@@ -126,7 +69,8 @@ class Coverage:
     def __str__(self) -> str:
         total = sum(self.hand_derived.values())
         native = ", ".join(f"{k} x{v}" for k, v in sorted(self.native.items())) or "none"
-        return f"hand-derived {total} of {total + sum(self.native.values())} backward nodes; native: {native}"
+        nodes = total + sum(self.native.values())
+        return f"hand-derived {total} of {nodes} backward nodes; native: {native}"
 
 
 def backward_coverage(output: Tensor) -> Coverage:
@@ -149,6 +93,70 @@ def backward_coverage(output: Tensor) -> Coverage:
 def hand_derived_nodes(output: Tensor) -> Counter:
     """The hand-derived backward nodes in the graph below ``output``, by Function name."""
     return Counter(backward_coverage(output).hand_derived)
+
+
+@dataclass(frozen=True)
+class GradientDiff:
+    """One parameter (or input): how far its hand-derived gradient is from autograd's."""
+
+    name: str
+    shape: tuple[int, ...]
+    max_abs: float  # max |manual - native|
+    max_rel: float  # max_abs / scale
+    scale: float  # max |native|
+    passed: bool
+
+
+@dataclass(frozen=True)
+class GradientReport:
+    """What :func:`check_gradients` found; ``print(report)`` shows it as a table."""
+
+    rows: tuple[GradientDiff, ...]
+    backward_calls: dict[str, int]  # hand-derived Function -> nodes in the manual graph
+    native_nodes: dict[str, int]  # native backward nodes with math in them, by name
+    module_calls: dict[str, int]  # manual module name -> forward calls in the manual run
+    loss_manual: float
+    loss_native: float
+
+    @property
+    def max_abs(self) -> float:
+        return max((r.max_abs for r in self.rows), default=0.0)
+
+    @property
+    def max_rel(self) -> float:
+        return max((r.max_rel for r in self.rows), default=0.0)
+
+    @property
+    def coverage(self) -> Coverage:
+        """How much of the backward was hand-derived (see :func:`backward_coverage`)."""
+        return Coverage(self.backward_calls, self.native_nodes)
+
+    @property
+    def passed(self) -> bool:
+        """Every gradient within tolerance, and a hand-derived backward actually ran."""
+        return sum(self.backward_calls.values()) > 0 and all(r.passed for r in self.rows)
+
+    def __str__(self) -> str:
+        calls = ", ".join(f"{k} x{v}" for k, v in self.backward_calls.items()) or "none"
+        lines = [
+            f"check_gradients: {'PASSED' if self.passed else 'FAILED'}; "
+            f"max abs diff {self.max_abs:.3g}, max rel diff {self.max_rel:.3g}",
+            f"{self.coverage}",
+            f"hand-derived backward nodes: {calls}; "
+            f"loss manual {self.loss_manual:.8g}, native {self.loss_native:.8g}",
+        ]
+        idle = [name for name, n in self.module_calls.items() if n == 0]
+        if idle:
+            lines.append(f"manual modules whose forward never ran: {', '.join(idle)}")
+        width = max([len("parameter")] + [len(r.name) for r in self.rows])
+        lines.append(f"{'parameter':<{width}}  {'shape':<14} {'max abs':>9} {'max rel':>9}  ok")
+        for r in self.rows:
+            shape = str(tuple(r.shape))
+            lines.append(
+                f"{r.name:<{width}}  {shape:<14} {r.max_abs:>9.3g} {r.max_rel:>9.3g}  "
+                f"{'yes' if r.passed else 'NO'}"
+            )
+        return "\n".join(lines)
 
 
 def compare(
@@ -243,11 +251,14 @@ def check_gradients(
     def count(module, args, output):
         calls[id(module)] += 1
 
-    def run() -> tuple[Tensor, tuple[Tensor | None, ...]]:
+    def run() -> tuple[Tensor, Tensor, tuple[Tensor | None, ...]]:
+        """Returns the loss, what the coverage is read from (the loss, or the output when
+        the loss is the check's own contraction) and the gradients."""
         torch.manual_seed(seed)
         output = model(*example_inputs)
+        covered = output
         if loss_fn is not None:
-            loss = loss_fn(output) if target is None else loss_fn(output, target)
+            loss = covered = loss_fn(output) if target is None else loss_fn(output, target)
         elif isinstance(output, Tensor):
             gen = torch.Generator(device=output.device).manual_seed(seed)
             upstream = torch.randn(output.shape, generator=gen, device=output.device)
@@ -262,18 +273,19 @@ def check_gradients(
                 f"check_gradients: loss_fn must return a scalar, got shape {tuple(loss.shape)}"
             )
         grads = torch.autograd.grad(loss, [t for _, t in wrt], allow_unused=True)
-        return loss, grads
+        return loss, covered, grads
 
     devices = sorted({t.device.index or 0 for _, t in wrt if t.device.type == "cuda"})
     hooks = [m.register_forward_hook(count) for m in manual]
     try:
         with torch.random.fork_rng(devices=devices), torch.enable_grad():
-            loss_m, grads_m = run()
-            nodes = hand_derived_nodes(loss_m)
+            loss_m, covered, grads_m = run()
+            coverage = backward_coverage(covered)
+            del covered
             for h in hooks:
                 h.remove()
             with as_native(manual):
-                loss_n, grads_n = run()
+                loss_n, _, grads_n = run()
     finally:
         for h in hooks:
             h.remove()
@@ -287,4 +299,11 @@ def check_gradients(
         gn = torch.zeros_like(t) if gn is None else gn
         rows.append(compare(name, gm, gn, rtol, atol))
     module_calls = {names[id(m)]: calls[id(m)] for m in manual}
-    return GradientReport(tuple(rows), dict(nodes), module_calls, loss_m.item(), loss_n.item())
+    return GradientReport(
+        tuple(rows),
+        coverage.hand_derived,
+        coverage.native,
+        module_calls,
+        loss_m.item(),
+        loss_n.item(),
+    )

@@ -62,6 +62,9 @@ def test_without_the_row_the_op_is_reported_native():
     assert type(model[1]) is Exp
     assert manualgrad.conversion_report(model).skipped == {"1": "no hand-derived op for Exp"}
     assert backward_coverage(model(torch.randn(2, 3))).native == {"ExpBackward0": 1}
+    report = manualgrad.check_gradients(model, torch.randn(2, 3))
+    assert report.passed and report.native_nodes == {"ExpBackward0": 1}
+    assert "hand-derived 2 of 3 backward nodes; native: ExpBackward0 x1" in str(report)
 
 
 def test_one_table_row_is_all_conversion_and_the_check_need(exp_registered):
@@ -77,6 +80,7 @@ def test_one_table_row_is_all_conversion_and_the_check_need(exp_registered):
     report = manualgrad.check_gradients(model, x)
     assert report.passed, str(report)
     assert report.backward_calls["ExpFunction"] == 1
+    assert "hand-derived 3 of 3 backward nodes; native: none" in str(report)
     assert type(model[1]) is ManualExp  # the native run's swap was undone
 
     manualgrad.restore_modules(model)
