@@ -1,4 +1,5 @@
-"""Shared test helpers: devices, and one comparison of an op against its native twin."""
+"""Shared test helpers: devices, one comparison of an op against its native twin, wrong
+twins of the hand-derived Functions (and the fixtures that route the ops through them)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.nn import functional as F
+
+import manualgrad.ops.linear
+import manualgrad.ops.mse
+from manualgrad import ManualLinearFunction, ManualMSEFunction
+from manualgrad.check import TOLERANCES, backward_coverage
+from manualgrad.ops._apply import ManualOp
+
+pytest.register_assert_rewrite("helpers_compose")  # its asserts report values, as tests' do
 
 DEVICES = [
     "cpu",
@@ -22,12 +32,45 @@ def device(request) -> str:
 
 
 def tolerances(dtype: torch.dtype) -> dict:
-    return {
-        torch.float64: dict(rtol=1e-10, atol=1e-10),
-        torch.float32: dict(rtol=1e-5, atol=1e-5),
-        torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
-        torch.float16: dict(rtol=5e-3, atol=5e-3),
-    }[dtype]
+    """``assert_close`` tolerances from the one table, :data:`manualgrad.check.TOLERANCES`.
+    Compared entry by entry, each entry gets ``rtol`` as its absolute floor too (the table's
+    ``atol`` is for a whole tensor, next to its largest entry)."""
+    rtol, _ = TOLERANCES[dtype]
+    return dict(rtol=rtol, atol=rtol)
+
+
+def wrong_twin(fn_cls: type, factor: float = 3.0) -> type:
+    """A deliberately wrong copy of a hand-derived Function: the same forward, but every
+    gradient its backward returns, and every tangent its jvp returns, times ``factor``.
+
+    Route an op through it (``monkeypatch.setattr(module, "_op", ManualOp(wrong_twin(F)))``,
+    where ``_op`` is the op's ManualOp) and a test that still sees native gradients proves
+    that the hand-derived rule is not the one that ran.
+    """
+    # Plain function objects: Dynamo cannot trace ``SomeFunction.backward(...)`` called on a
+    # Function class from inside another Function's backward.
+    backward, jvp = fn_cls.backward, fn_cls.jvp
+
+    def scaled(result):
+        if isinstance(result, tuple):
+            return tuple(None if r is None else factor * r for r in result)
+        return None if result is None else factor * result
+
+    return type(
+        f"Wrong{fn_cls.__name__}",
+        (fn_cls,),
+        {
+            "backward": staticmethod(lambda ctx, *grads: scaled(backward(ctx, *grads))),
+            "jvp": staticmethod(lambda ctx, *tangents: scaled(jvp(ctx, *tangents))),
+        },
+    )
+
+
+def assert_hand_derived_only(output: torch.Tensor) -> None:
+    """The backward graph below ``output`` holds hand-derived nodes only (views, reshapes,
+    casts and AccumulateGrad aside), and at least one."""
+    coverage = backward_coverage(output)
+    assert coverage.complete, str(coverage)
 
 
 def compare_with_native(manual_fn, native_fn, *inputs, tol: dict | None = None, seed: int = 0):
@@ -69,6 +112,44 @@ def compare_with_native(manual_fn, native_fn, *inputs, tol: dict | None = None, 
         assert gm.dtype == gn.dtype
         torch.testing.assert_close(gm, gn, **tol, equal_nan=True)
     return out_m, out_n
+
+
+def native_mse_loss(input, target, reduction="mean"):
+    """``F.mse_loss``, with the dtype ``F.mse_loss`` itself picks (after broadcasting, and
+    under autocast if it is on) reached by explicit casts first: the same function, whose
+    gradients through the casts are the ones native backward returns from torch 2.13 on.
+    torch 2.11's own backward raises on mixed dtypes ("Found dtype Double but expected
+    Float", pytorch issue 36553), and the GPU machine may still run it."""
+    dtype = F.mse_loss(input.detach(), target.detach(), reduction=reduction).dtype
+    return F.mse_loss(input.to(dtype), target.to(dtype), reduction=reduction)
+
+
+# ---- the wrong rules: proof that the hand-derived rule is the one that ran ---------------
+
+#: the known errors of the wrong twins: every Linear gradient and tangent times 3, every
+#: MSE gradient and tangent times 2 (distinct, so a product tells which rules ran)
+LINEAR_FACTOR, MSE_FACTOR = 3.0, 2.0
+_WRONG_LINEAR = ManualOp(wrong_twin(ManualLinearFunction, LINEAR_FACTOR))
+_WRONG_MSE = ManualOp(wrong_twin(ManualMSEFunction, MSE_FACTOR))
+
+
+@pytest.fixture
+def wrong_rules(monkeypatch):
+    """Route ManualLinear / ManualMSELoss / the functional forms through the wrong twins."""
+    monkeypatch.setattr(manualgrad.ops.linear, "_linear", _WRONG_LINEAR)
+    monkeypatch.setattr(manualgrad.ops.mse, "_mse", _WRONG_MSE)
+    torch._dynamo.reset()  # nothing compiled against the real ops may be reused
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.fixture(params=["hand-derived", "wrong"])
+def rules(request) -> str:
+    """Run a test with the real rules, then with the wrong twins (a test then expects each
+    result scaled by the factors above, e.g. ``helpers_compose.scale``)."""
+    if request.param == "wrong":
+        request.getfixturevalue("wrong_rules")
+    return request.param
 
 
 # ---- shared by the Lightning and CLI tests (no Lightning import here) -------------------

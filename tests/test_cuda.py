@@ -1,8 +1,9 @@
 """CUDA only: a ManualLinear MLP's whole training step captured in a CUDA graph.
 
-The rest of the CUDA checks (float64 gradcheck/gradgradcheck, autocast float16/bfloat16,
-torch.compile, torch.func, checkpointing, DDP) are the device-parametrised tests in
-test_linear.py, test_mse.py and test_compose.py; experiments/gpu_check.sh runs them all.
+The rest of the CUDA checks are the device-parametrised tests: float64 gradcheck and
+gradgradcheck in test_linear.py and test_mse.py, autocast float16/bfloat16 in
+test_autocast.py, then test_compile.py, test_func.py, test_checkpoint.py and
+test_ddp_core.py; experiments/gpu_check.sh runs them all.
 """
 
 from __future__ import annotations

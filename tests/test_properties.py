@@ -15,7 +15,7 @@ import os
 
 import pytest
 import torch
-from conftest import DEVICES, compare_with_native, tolerances
+from conftest import DEVICES, compare_with_native, native_mse_loss, tolerances
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.nn import functional as F
@@ -112,15 +112,6 @@ def broadcast_shapes(draw):
     return shape_in[drop_in:], shape_tgt[drop_tgt:]
 
 
-def _native_mse(a, b, reduction="mean"):
-    """F.mse_loss, with mixed dtypes cast to the promoted dtype first: the same function
-    (F.mse_loss broadcasts, then promotes), but F.mse_loss's own backward raises "Found
-    dtype Float but expected Double" on mixed dtypes in some torch versions (2.11 among
-    them; pytorch issue 36553)."""
-    dtype = torch.promote_types(a.dtype, b.dtype)
-    return F.mse_loss(a.to(dtype), b.to(dtype), reduction=reduction)
-
-
 @pytest.mark.filterwarnings("ignore:Using a target size")  # F.mse_loss warns on broadcasting
 @pytest.mark.parametrize("device", DEVICES)
 @PROFILE
@@ -140,7 +131,7 @@ def test_mse_matches_native(device, shapes, reduction, dtypes, layouts, target_g
     b.requires_grad_(target_grad)
     compare_with_native(
         lambda a, b: mse_loss(a_view(a), b_view(b), reduction),
-        lambda a, b: _native_mse(a_view(a), b_view(b), reduction),
+        lambda a, b: native_mse_loss(a_view(a), b_view(b), reduction),
         a,
         b,
         # a float32 operand's gradient is only as exact as float32, even if the loss is float64
@@ -167,5 +158,5 @@ def test_mixed_dtypes_with_a_wider_0dim_operand(zero_dim):
     narrow = torch.randn(3, dtype=torch.float32, requires_grad=True)
     a, b = (narrow, wide) if zero_dim == "target" else (wide, narrow)
     assert F.mse_loss(a.detach(), b.detach()).dtype == torch.float64
-    out, _ = compare_with_native(mse_loss, _native_mse, a, b, tol=tolerances(torch.float32))
+    out, _ = compare_with_native(mse_loss, native_mse_loss, a, b, tol=tolerances(torch.float32))
     assert out.dtype == torch.float64
