@@ -42,7 +42,7 @@ TOLERANCES = {
 _STRUCTURAL = frozenset(
     {
         "AccumulateGrad", "AliasBackward0", "AsStridedBackward0", "CatBackward0",
-        "CloneBackward0", "ExpandBackward0", "PermuteBackward0", "ReshapeAliasBackward0",
+        "CloneBackward0", "CopyBackwards", "ExpandBackward0", "PermuteBackward0", "ReshapeAliasBackward0",
         "SelectBackward0", "SliceBackward0", "SplitBackward0", "SplitWithSizesBackward0",
         "SqueezeBackward0", "SqueezeBackward1", "SqueezeBackward2", "StackBackward0",
         "TBackward0", "ToCopyBackward0", "TransposeBackward0", "TransposeBackward1",
