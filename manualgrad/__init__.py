@@ -14,16 +14,72 @@ from manualgrad.convert import (
     restore_linear,
     restore_modules,
 )
+from manualgrad.ops.activations import (
+    ManualGELU,
+    ManualGELUFunction,
+    ManualReLU,
+    ManualReLUFunction,
+    ManualSigmoid,
+    ManualSigmoidFunction,
+    ManualSiLU,
+    ManualSiLUFunction,
+    ManualTanh,
+    ManualTanhFunction,
+)
+from manualgrad.ops.cross_entropy import (
+    ManualCrossEntropyFunction,
+    ManualCrossEntropyLoss,
+    ManualNLLLoss,
+    ManualNLLLossFunction,
+)
+from manualgrad.ops.dropout import (
+    ManualDropout,
+    ManualDropoutFunction,
+    ManualDropoutInplaceFunction,
+)
+from manualgrad.ops.embedding import ManualEmbedding, ManualEmbeddingFunction
+from manualgrad.ops.layer_norm import ManualLayerNorm, ManualLayerNormFunction
 from manualgrad.ops.linear import ManualLinear, ManualLinearFunction
 from manualgrad.ops.mse import ManualMSEFunction, ManualMSELoss
+from manualgrad.ops.softmax import (
+    ManualLogSoftmax,
+    ManualLogSoftmaxFunction,
+    ManualSoftmax,
+    ManualSoftmaxFunction,
+)
 
 __all__ = [
     "ConversionReport",
     "GradientReport",
+    "ManualCrossEntropyFunction",
+    "ManualCrossEntropyLoss",
+    "ManualDropout",
+    "ManualDropoutFunction",
+    "ManualDropoutInplaceFunction",
+    "ManualEmbedding",
+    "ManualEmbeddingFunction",
+    "ManualGELU",
+    "ManualGELUFunction",
+    "ManualLayerNorm",
+    "ManualLayerNormFunction",
     "ManualLinear",
     "ManualLinearFunction",
+    "ManualLogSoftmax",
+    "ManualLogSoftmaxFunction",
     "ManualMSEFunction",
     "ManualMSELoss",
+    "ManualNLLLoss",
+    "ManualNLLLossFunction",
+    "ManualReLU",
+    "ManualReLUFunction",
+    "ManualSiLU",
+    "ManualSiLUFunction",
+    "ManualSigmoid",
+    "ManualSigmoidFunction",
+    "ManualSoftmax",
+    "ManualSoftmaxFunction",
+    "ManualTanh",
+    "ManualTanhFunction",
     "check_gradients",
     "conversion_report",
     "functional",

@@ -14,15 +14,33 @@ from __future__ import annotations
 
 from torch import nn
 
+from manualgrad.ops.activations import ManualGELU, ManualReLU, ManualSigmoid, ManualSiLU, ManualTanh
+from manualgrad.ops.cross_entropy import ManualCrossEntropyLoss, ManualNLLLoss
+from manualgrad.ops.dropout import ManualDropout
+from manualgrad.ops.embedding import ManualEmbedding
+from manualgrad.ops.layer_norm import ManualLayerNorm
 from manualgrad.ops.linear import ManualLinear
 from manualgrad.ops.mse import ManualMSELoss
+from manualgrad.ops.softmax import ManualLogSoftmax, ManualSoftmax
 
 __all__ = ["MANUAL_CLASSES", "is_manual", "manual_class", "native_class", "register"]
 
 #: native class -> the manual class that stands for it
 MANUAL_CLASSES: dict[type[nn.Module], type[nn.Module]] = {
+    nn.CrossEntropyLoss: ManualCrossEntropyLoss,
+    nn.Dropout: ManualDropout,
+    nn.Embedding: ManualEmbedding,
+    nn.GELU: ManualGELU,
+    nn.LayerNorm: ManualLayerNorm,
     nn.Linear: ManualLinear,
+    nn.LogSoftmax: ManualLogSoftmax,
     nn.MSELoss: ManualMSELoss,
+    nn.NLLLoss: ManualNLLLoss,
+    nn.ReLU: ManualReLU,
+    nn.SiLU: ManualSiLU,
+    nn.Sigmoid: ManualSigmoid,
+    nn.Softmax: ManualSoftmax,
+    nn.Tanh: ManualTanh,
 }
 
 
