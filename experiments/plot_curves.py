@@ -6,8 +6,10 @@
 Unless ``--no-train``, it first trains, into ``--logdir`` (a temporary folder by default):
 
 - ``tutorial/run``: ``experiments/linear_regression.yaml``
-- ``compare_backends/manual`` and ``compare_backends/autograd``:
+- ``compare_backends/manual`` and ``compare_backends/native``:
   ``experiments/compare_backends.yaml`` under each backend
+- ``spiral/manual`` and ``spiral/native``: ``experiments/spiral_classifier.yaml`` under each
+  backend
 
 and then writes into ``--out`` (``experiments/figures`` by default):
 
@@ -15,6 +17,8 @@ and then writes into ``--out`` (``experiments/figures`` by default):
   epoch, and the learned weight and bias against the true 3 and 2.
 - ``manual_vs_autograd.png``: the MLP's losses with hand-derived gradients and with native
   autograd side by side, and the gradient audit's largest difference between the two.
+- ``spiral_classifier.png``: the decision regions the classifier learned on hand-derived
+  gradients, over the spiral's points, and its cross-entropy and accuracy, manual vs native.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import tempfile
 from pathlib import Path
 
 import matplotlib
+import torch
+import yaml
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -33,7 +39,7 @@ from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E4
 )
 
 HERE = Path(__file__).resolve().parent
-BACKENDS = ("manual", "autograd")
+BACKENDS = ("manual", "native")
 
 
 def train(logdir: Path, max_epochs: int | None = None) -> None:
@@ -51,6 +57,8 @@ def train(logdir: Path, max_epochs: int | None = None) -> None:
     fit("linear_regression.yaml", "tutorial", "run")
     for backend in BACKENDS:
         fit("compare_backends.yaml", "compare_backends", backend, "--model.backend", backend)
+    for backend in BACKENDS:
+        fit("spiral_classifier.yaml", "spiral", backend, "--model.backend", backend)
 
 
 def scalars(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
@@ -96,10 +104,56 @@ def comparison_figure(runs: dict[str, dict], path: Path) -> None:
         audit_ax.plot(steps, values, "o-", ms=3, label=f"{backend} run (max {max(values):.2g})")
     audit_ax.set(
         xlabel="step",
-        ylabel="max |g_manual - g_autograd|",
+        ylabel="max |g_manual - g_native|",
         title="Gradient audit: hand-derived vs native",
     )
     audit_ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def decision_regions(ax, run_dir: Path) -> None:
+    """The classes the run's last checkpoint assigns over the plane, under its data's points."""
+    from manualgrad.lightning import Classifier, SpiralData
+
+    model = Classifier.load_from_checkpoint(
+        run_dir / "checkpoints" / "last.ckpt", map_location="cpu"
+    )
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    x, y = SpiralData(**config["data"].get("init_args", {}))._data()["all"].tensors
+    low, high = x.min().item() - 0.1, x.max().item() + 0.1
+    axis = torch.linspace(low, high, 300)
+    grid = torch.cartesian_prod(axis, axis)  # (300 * 300, 2): x1 slowest
+    with torch.no_grad():
+        classes = model(grid).argmax(-1).reshape(300, 300)  # [i, j]: x1 = axis[i], x2 = axis[j]
+    k = int(y.max()) + 1
+    cmap = plt.get_cmap("tab10", 10)
+    levels = [c - 0.5 for c in range(k + 1)]
+    ax.contourf(axis, axis, classes.T, levels=levels, colors=[cmap(c) for c in range(k)], alpha=0.3)
+    ax.scatter(x[:, 0], x[:, 1], c=[cmap(int(c)) for c in y], s=6, edgecolors="none")
+    ax.set(xlim=(low, high), ylim=(low, high), aspect="equal", xlabel="x1", ylabel="x2")
+
+
+def spiral_figure(runs: dict[str, dict], run_dirs: dict[str, Path], path: Path) -> None:
+    fig, (region_ax, loss_ax, acc_ax) = plt.subplots(1, 3, figsize=(15, 4.4))
+    decision_regions(region_ax, run_dirs["manual"])
+    final = runs["manual"]["val/acc"][1][-1]
+    region_ax.set_title(f"Spiral, hand-derived gradients: val accuracy {final:.1%}")
+    # native drawn over manual, thin, dotted and black: where the two agree it hides nothing
+    over = {"manual": {}, "native": {"color": "k", "ls": ":", "lw": 0.9}}
+    for backend in BACKENDS:
+        for ax, metric in ((loss_ax, "loss"), (acc_ax, "acc")):
+            for split, color, width in (("train", "C0", 0.6), ("val", "C1", 1.5)):
+                tag = f"{split}/{metric}"
+                style = {"color": color, "lw": width, **over[backend]}
+                ax.plot(*runs[backend][tag], label=f"{tag} ({backend})", **style)
+    loss_ax.set(yscale="log", xlabel="step", ylabel="cross-entropy", title="Loss, manual vs native")
+    acc_ax.set(
+        xlabel="step", ylabel="accuracy", ylim=(0.3, 1.01), title="Accuracy, manual vs native"
+    )
+    loss_ax.legend()
+    acc_ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -122,7 +176,11 @@ def main(argv: list[str] | None = None) -> None:
         tutorial_figure(scalars(logdir / "tutorial" / "run"), args.out / "tutorial_loss.png")
         runs = {b: scalars(logdir / "compare_backends" / b) for b in BACKENDS}
         comparison_figure(runs, args.out / "manual_vs_autograd.png")
-    print(f"Wrote {args.out / 'tutorial_loss.png'} and {args.out / 'manual_vs_autograd.png'}")
+        spiral_dirs = {b: logdir / "spiral" / b for b in BACKENDS}
+        spiral = {b: scalars(run_dir) for b, run_dir in spiral_dirs.items()}
+        spiral_figure(spiral, spiral_dirs, args.out / "spiral_classifier.png")
+    names = ("tutorial_loss.png", "manual_vs_autograd.png", "spiral_classifier.png")
+    print("Wrote " + ", ".join(str(args.out / name) for name in names))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import torch
 import yaml
 from conftest import QUIET_CLI
 
-from manualgrad.lightning import GradientAudit, Regressor, TutorialData
+from manualgrad.lightning import Classifier, GradientAudit, Regressor, SpiralData, TutorialData
 from manualgrad.lightning.cli import run
 
 # The tests train on the CPU on purpose, also on a machine with a GPU.
@@ -30,10 +30,12 @@ def test_python_m_manualgrad_prints_the_embedded_tutorial_config(workdir):
     ).stdout
     config = yaml.safe_load(out)
     assert config["seed_everything"] == 0
-    assert config["model"]["layers"] == [1, 1]
-    assert config["model"]["backend"] == "manual"
-    assert config["model"]["optimizer"]["class_path"] == "torch.optim.SGD"
-    assert config["model"]["optimizer"]["init_args"]["lr"] == 0.1
+    assert config["model"]["class_path"] == "manualgrad.lightning.Regressor"
+    model = config["model"]["init_args"]
+    assert model["layers"] is None  # the model class's own default: [1, 1] for a Regressor
+    assert model["backend"] == "manual"
+    assert model["optimizer"]["class_path"] == "torch.optim.SGD"
+    assert model["optimizer"]["init_args"]["lr"] == 0.1
     assert config["data"]["class_path"].endswith("TutorialData")
     trainer = config["trainer"]
     assert trainer["max_epochs"] == 200 and trainer["log_every_n_steps"] == 1
@@ -52,7 +54,8 @@ def test_fit_without_options_trains_the_tutorial_and_saves_everything(workdir, c
     assert not any(isinstance(c, GradientAudit) and c.every_n_steps for c in cli.trainer.callbacks)
     run_dir = workdir / "lightning_logs" / "version_0"
     assert (run_dir / "config.yaml").is_file()
-    assert yaml.safe_load((run_dir / "hparams.yaml").read_text())["layers"] == [1, 1]
+    hparams = yaml.safe_load((run_dir / "hparams.yaml").read_text())
+    assert hparams["layers"] is None and hparams["backend"] == "manual"  # None: the default
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert list(run_dir.glob("events.out.tfevents.*"))
     weight, bias = cli.model.net[0].weight.item(), cli.model.net[0].bias.item()
@@ -99,7 +102,7 @@ def test_model_options_from_the_command_line(workdir):
             "fit",
             "--model.layers=[1, 4, 1]",
             "--model.activation=relu",
-            "--model.backend=autograd",
+            "--model.backend=native",
             "--data=SineData",
             "--data.size=40",
             "--gradient_audit.every_n_steps=1",
@@ -112,6 +115,41 @@ def test_model_options_from_the_command_line(workdir):
     assert len(cli.datamodule._data()["all"]) == 40
     (audit,) = [c for c in cli.trainer.callbacks if isinstance(c, GradientAudit)]
     assert audit.every_n_steps == 1 and audit.last is not None
+
+
+def test_backend_autograd_is_the_old_name_of_native(workdir):
+    models = {}
+    for backend in ("native", "autograd"):
+        args = ["fit", "--model.layers=[1, 4, 1]", f"--model.backend={backend}"]
+        models[backend] = run([*args, "--trainer.max_steps=0", *QUIET_CLI]).model
+    native, alias = models["native"], models["autograd"]
+    assert [type(m) for m in alias.modules()] == [type(m) for m in native.modules()]
+    assert type(native.net[0]) is torch.nn.Linear and type(native.loss_fn) is torch.nn.MSELoss
+    for key, value in native.state_dict().items():
+        torch.testing.assert_close(alias.state_dict()[key], value, rtol=0, atol=0)
+
+
+# Each run logs into its own version folder, so the restored checkpoint callback says that
+# it now saves elsewhere.
+@pytest.mark.filterwarnings("ignore:The dirpath has changed from:UserWarning")
+def test_a_classifier_from_the_command_line_reports_accuracy_and_predicts_classes(workdir, capsys):
+    model = ["--model=Classifier", "--model.layers=[2, 16, 3]", "--data=SpiralData"]
+    fit = run(["fit", *model, "--trainer.max_epochs=2", *QUIET_CLI])
+    assert isinstance(fit.model, Classifier) and isinstance(fit.datamodule, SpiralData)
+    accuracy = fit.trainer.callback_metrics["val/acc"].item()
+    out = capsys.readouterr().out
+    assert f"Final validation accuracy = {accuracy:.2%}" in out
+    assert "Final validation cross-entropy = " in out and "MSE" not in out
+    last = "lightning_logs/version_0/checkpoints/last.ckpt"
+    predict = run(["predict", *model, f"--ckpt_path={last}", *QUIET_CLI])
+    lines = (Path(predict.trainer.log_dir) / "predictions.csv").read_text().split()
+    assert lines[0] == "class,probability_0,probability_1,probability_2"
+    rows = [[float(v) for v in line.split(",")] for line in lines[1:]]
+    x = predict.datamodule._data()["all"].tensors[0]  # (300, 2)
+    with torch.no_grad():
+        probabilities = fit.model(x).softmax(-1)
+    assert [int(r[0]) for r in rows] == probabilities.argmax(-1).tolist()
+    torch.testing.assert_close(torch.tensor([r[1:] for r in rows]), probabilities)
 
 
 # Each run logs into its own version folder, so the restored checkpoint callback says that

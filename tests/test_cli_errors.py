@@ -19,7 +19,12 @@ pytestmark = [
 
 # (what is wrong, the options, the exit status, what stderr must say)
 BAD_INPUT = [
-    ("an unknown key", ["--model.depth=3"], 2, "unrecognized arguments: --model.depth"),
+    (
+        "an unknown key",
+        ["--model.depth=3"],
+        2,
+        "unrecognized option model.depth: Regressor takes no argument 'depth'",
+    ),
     ("a value of the wrong type", ["--trainer.max_epochs=lots"], 2, '"trainer.max_epochs"'),
     (
         "a negative learning rate",

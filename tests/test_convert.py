@@ -14,9 +14,7 @@ from manualgrad import (
     conversion_report,
     hand_derived_nodes,
     replace_linear,
-    replace_modules,
     restore_linear,
-    restore_modules,
 )
 
 # ---- models written by others, and their inputs ------------------------------------------

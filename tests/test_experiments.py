@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import EXPERIMENTS, QUIET_CLI, scalars
 
-from manualgrad.lightning import GradientAudit, LinearData
+from manualgrad.lightning import Classifier, GradientAudit, LinearData
 from manualgrad.lightning.cli import run
 
 CONFIGS = sorted(p.name for p in EXPERIMENTS.glob("*.yaml"))
@@ -26,7 +26,8 @@ pytestmark = [
 
 
 def test_the_experiments_are_there():
-    assert {"linear_regression.yaml", "mlp_sine.yaml", "compare_backends.yaml"} <= set(CONFIGS)
+    expected = {"linear_regression.yaml", "mlp_sine.yaml", "compare_backends.yaml"}
+    assert expected | {"spiral_classifier.yaml"} <= set(CONFIGS)
 
 
 @pytest.mark.parametrize("config", CONFIGS)
@@ -83,17 +84,36 @@ def test_mlp_sine_reaches_the_stated_validation_mse(workdir):
     assert val_mse < 0.0026  # the README states 0.0024; the noise floor is 0.05^2 = 0.0025
 
 
+def test_the_spiral_classifier_reaches_the_stated_validation_accuracy(workdir, capsys):
+    """The whole experiment (about 15 s on 2 cores): a Classifier on the CS231n spiral."""
+    cli = run(["fit", "--config", "experiments/spiral_classifier.yaml", *QUIET_CLI])
+    assert isinstance(cli.model, Classifier) and cli.model.layers == [2, 100, 3]
+    assert len(cli.datamodule._data()["val"]) == 180
+    accuracy = cli.trainer.callback_metrics["val/acc"].item()
+    assert accuracy >= 0.97  # the config states 99.4%
+    assert f"Final validation accuracy = {accuracy:.2%}" in capsys.readouterr().out
+    logged = scalars(Path(cli.trainer.logger.log_dir))
+    assert len(logged["val/acc"]) == 60 and logged["val/acc"][-1][1] == pytest.approx(accuracy)
+    assert logged["train/acc"][0][1] < 0.6  # it learned: about chance (1/3) at the start
+    audit = logged["audit/grad_max_rel_diff"]
+    assert [s for s, _ in audit] == list(range(0, 360, 60)) and max(v for _, v in audit) < 1e-5
+
+
 def test_plot_curves_draws_the_readme_figures(tmp_path):
     spec = importlib.util.spec_from_file_location("plot_curves", EXPERIMENTS / "plot_curves.py")
     plot_curves = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(plot_curves)
     logdir, out = tmp_path / "logs", tmp_path / "figures"
     plot_curves.main(["--logdir", str(logdir), "--out", str(out), "--max-epochs", "2"])
-    for name in ("tutorial_loss.png", "manual_vs_autograd.png"):
+    for name in ("tutorial_loss.png", "manual_vs_autograd.png", "spiral_classifier.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    manual, native = (scalars(logdir / "compare_backends" / b) for b in ("manual", "autograd"))
     # Same seed, same weights: the two backends' curves lie on top of each other.
-    for tag in ("train/loss", "val/loss"):
-        assert [s for s, _ in manual[tag]] == [s for s, _ in native[tag]]
-        for (_, m), (_, n) in zip(manual[tag], native[tag], strict=True):
-            assert m == pytest.approx(n, rel=1e-5)
+    for experiment, tags in [
+        ("compare_backends", ("train/loss", "val/loss")),
+        ("spiral", ("train/loss", "val/loss", "train/acc", "val/acc")),
+    ]:
+        manual, native = (scalars(logdir / experiment / b) for b in ("manual", "native"))
+        for tag in tags:
+            assert [s for s, _ in manual[tag]] == [s for s, _ in native[tag]]
+            for (_, m), (_, n) in zip(manual[tag], native[tag], strict=True):
+                assert m == pytest.approx(n, rel=1e-5, abs=1e-6)

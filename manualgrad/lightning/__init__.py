@@ -1,22 +1,31 @@
-"""Lightning parts of manualgrad: the training module, data modules, gradient audit, CLI.
+"""Lightning parts of manualgrad: the models, data modules, callbacks (gradient audit, clean
+stop, NaN/inf check) and the ``manualgrad`` command line.
 
 Importing this subpackage imports Lightning and TensorBoard; ``import manualgrad`` alone
 does not.
 """
 
-from manualgrad.lightning.callbacks import GradientAudit, native_twin
+from manualgrad.lightning.callbacks import (
+    GracefulStop,
+    GradientAudit,
+    NonFiniteCheck,
+    NonFiniteError,
+    native_twin,
+)
 from manualgrad.lightning.data import (
     CSVData,
     LinearData,
     RegressionData,
     SineData,
+    SpiralData,
+    SplitData,
     TutorialData,
 )
-from manualgrad.lightning.guards import GracefulStop, NonFiniteCheck, NonFiniteError
-from manualgrad.lightning.module import Regressor, build_network
+from manualgrad.lightning.model import Classifier, Regressor, build_network
 
 __all__ = [
     "CSVData",
+    "Classifier",
     "GracefulStop",
     "GradientAudit",
     "LinearData",
@@ -25,6 +34,8 @@ __all__ = [
     "RegressionData",
     "Regressor",
     "SineData",
+    "SpiralData",
+    "SplitData",
     "TutorialData",
     "build_network",
     "native_twin",

@@ -2,39 +2,49 @@
 
 ``manualgrad fit`` with no arguments trains the tutorial's neuron on ``y = 3x + 2``;
 ``--config experiments/<name>.yaml`` picks another experiment, and any option can be
-overridden on the command line (``manualgrad fit --help`` lists them).
+overridden on the command line (``manualgrad fit --help`` lists them). The model is a
+:class:`~manualgrad.lightning.Regressor` unless ``--model Classifier`` (or a config's
+``model.class_path``) says otherwise.
 """
 
 from __future__ import annotations
 
-import csv
-import importlib
 import os
 import sys
 import warnings
-from collections.abc import Callable
-from pathlib import Path
+from typing import NoReturn
 
-import torch
-from jsonargparse import Namespace, lazy_instance
-from pytorch_lightning import LightningDataModule
+from jsonargparse import lazy_instance
+from pytorch_lightning import LightningDataModule, LightningModule
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from manualgrad.lightning.callbacks import GradientAudit
-from manualgrad.lightning.data import LinearData, TutorialData
-from manualgrad.lightning.guards import GracefulStop, NonFiniteCheck, NonFiniteError
-from manualgrad.lightning.guards import _relative as _shown
-from manualgrad.lightning.module import Regressor
+from manualgrad.lightning.callbacks import (
+    GracefulStop,
+    GradientAudit,
+    NonFiniteCheck,
+    NonFiniteError,
+)
+from manualgrad.lightning.cli_options import (
+    check_optimizer_options,
+    continue_in_checkpoint_run,
+    short_class_error,
+)
+from manualgrad.lightning.data import TutorialData
+from manualgrad.lightning.report import fit_report, shown_path, write_predictions
 
 __all__ = ["ManualgradCLI", "main", "run"]
 
 
 class ManualgradParser(LightningArgumentParser):
-    """Lightning's parser; on an error it prints a one-line usage, not all 70 options."""
+    """Lightning's parser; on an error it prints a one-line usage, not all 70 options, and
+    names a bad option of the model or data class in a short message."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        super().error(short_class_error(message), ex)
 
     def format_usage(self) -> str:
         usage = super().format_usage()
@@ -55,30 +65,33 @@ class ManualgradCLI(LightningCLI):
     folder the checkpoint came from) unless ``--trainer.logger.version`` says otherwise.
     """
 
+    def init_parser(self, **kwargs) -> LightningArgumentParser:
+        parser = super().init_parser(**kwargs)
+        # ManualgradParser only overrides how errors read; Lightning 2.4 has no parser_class.
+        parser.__class__ = ManualgradParser
+        return parser
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(GradientAudit, "gradient_audit")
         parser.add_lightning_class_args(NonFiniteCheck, "nonfinite")
+        sgd = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.1}}
         parser.set_defaults(
             {
                 "checkpoint.save_last": True,
-                "model.optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.1}},
+                "model": {
+                    "class_path": "manualgrad.lightning.Regressor",
+                    "init_args": {"optimizer": sgd},
+                },
                 "data": lazy_instance(TutorialData),
             }
         )
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
-        model = config.get("model")
-        if isinstance(model, Namespace):
-            optimizer = self._try_class("model.optimizer", model.get("optimizer"), _on_a_parameter)
-            if optimizer is not None:
-                scheduler = model.get("lr_scheduler")
-                self._try_class(
-                    "model.lr_scheduler", scheduler, lambda cls, kw: cls(optimizer, **kw)
-                )
+        check_optimizer_options(config, self._parser(self.subcommand).error)
         if self.subcommand == "fit":
-            _continue_in_checkpoint_run(config)
+            continue_in_checkpoint_run(config)
         else:
             # Nothing is saved outside fit, so the checkpoint callback's state restored from
             # the fit (its folder, now another run's) is unused: Lightning's note that the
@@ -96,29 +109,6 @@ class ManualgradCLI(LightningCLI):
                 raise error.__cause__ from None
             raise
 
-    def _try_class(self, key: str, spec, build: Callable):
-        """``build(cls, kwargs)`` for the class and arguments ``spec`` configures; on a
-        ``ValueError`` or ``TypeError``, a parser error naming the argument to blame: the one
-        whose default, in its place, makes the class build."""
-        if not isinstance(spec, Namespace) or not spec.get("class_path"):
-            return None
-        module, _, name = spec.class_path.rpartition(".")
-        cls = getattr(importlib.import_module(module), name)
-        init_args = spec.get("init_args")
-        kwargs = init_args.as_dict() if isinstance(init_args, Namespace) else {}
-        try:
-            return build(cls, kwargs)
-        except (ValueError, TypeError) as error:
-            option = key
-            for arg in kwargs:
-                try:
-                    build(cls, {k: v for k, v in kwargs.items() if k != arg})
-                except (ValueError, TypeError):
-                    continue
-                option = f"{key}.{arg}"
-                break
-            self._parser(self.subcommand).error(f"{option}: {error} ({spec.class_path})")
-
     def after_fit(self) -> None:
         if self.trainer.is_global_zero:
             print(fit_report(self.trainer, self.model, self.datamodule), flush=True)
@@ -126,87 +116,35 @@ class ManualgradCLI(LightningCLI):
     def after_predict(self) -> None:
         """Write the predictions, one row per input row in order, beside the run's logs."""
         predictions = self.trainer.predict_loop.predictions
-        if not (self.trainer.is_global_zero and predictions):
-            return
-        table = torch.cat(predictions).reshape(-1, predictions[0].shape[-1])  # (N, outputs)
-        log_dir = self.trainer.log_dir or "."
-        os.makedirs(log_dir, exist_ok=True)
-        path = os.path.join(log_dir, "predictions.csv")
-        with open(path, "w", newline="") as file:
-            writer = csv.writer(file)
-            writer.writerow([f"prediction_{i}" for i in range(table.shape[1])])
-            writer.writerows(table.tolist())
-        print(f"\nPredictions for {len(table)} rows: {_shown(path)}", flush=True)
+        if self.trainer.is_global_zero and predictions:
+            path = write_predictions(predictions, self.model, self.trainer.log_dir or ".")
+            rows = sum(len(p) for p in predictions)
+            print(f"\nPredictions for {rows} rows: {shown_path(path)}", flush=True)
 
 
-def fit_report(trainer, model, datamodule) -> str:
-    """What a user wants to read after ``fit``: what was learned and where the logs are."""
-    lines = [""]
-    if isinstance(model, Regressor) and model.layers == [1, 1]:
-        weight, bias = model.net[0].weight.item(), model.net[0].bias.item()
-        truth = ""
-        if isinstance(datamodule, LinearData):
-            truth = f" (data: y = {datamodule.slope:g} x + {datamodule.intercept:g})"
-        lines.append(f"Learned weight = {weight:.4f}, bias = {bias:.4f}{truth}")
-    val_loss = trainer.callback_metrics.get("val/loss")
-    if val_loss is not None:
-        lines.append(f"Final validation MSE = {val_loss.item():.6g}")
-    logger = trainer.logger
-    if isinstance(logger, TensorBoardLogger):
-        lines.append(f"Logs, config and checkpoints: {_shown(logger.log_dir)}")
-        lines.append(f"View the curves: tensorboard --logdir {_shown(logger.root_dir)}")
-    return "\n".join(lines)
-
-
-def _on_a_parameter(cls, kwargs: dict):
-    """An optimizer of class ``cls`` over one dummy parameter (for checking its options)."""
-    return cls([torch.nn.Parameter(torch.zeros(1))], **kwargs)
-
-
-def _continue_in_checkpoint_run(config: Namespace) -> None:
-    """``fit --ckpt_path SAVE_DIR/NAME/VERSION/checkpoints/X.ckpt`` with the logger's version
-    left unset: log into VERSION again, so the resumed run continues the same TensorBoard run
-    and checkpoint folder."""
-    logger = config.get("trainer", Namespace()).get("logger")
-    args = logger.get("init_args") if isinstance(logger, Namespace) else None
-    ckpt_path = config.get("ckpt_path")
-    if not (ckpt_path and isinstance(args, Namespace) and "save_dir" in args and "name" in args):
-        return
-    if args.get("version") is not None:
-        return
-    checkpoints = Path(ckpt_path).resolve().parent
-    run_dir = checkpoints.parent
-    if (
-        checkpoints.name == "checkpoints"
-        and run_dir.parent == Path(args.save_dir or ".").joinpath(args.name or "").resolve()
-    ):
-        args.version = run_dir.name
-        # The folder holds the checkpoints of the run being resumed, as it should.
-        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not")
+#: (message, category) of warnings that say nothing about the user's run, ignored in `run`
+QUIET_WARNINGS = (
+    # The datasets are small in-memory tensors: loader worker processes would only add
+    # start-up time.
+    (r".*does not have many workers", UserWarning),
+    # Lightning 2.6 still builds torch's deprecated pytree LeafSpec (torch 2.13).
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", Warning),
+    # Lightning 2.6 calls jsonargparse methods deprecated since jsonargparse 4.49.
+    (r"(?s)\s*(By default only one JsonargparseDep|.*was deprecated in v4\.)", DeprecationWarning),
+    # A Python caller that passes `args` means them, whatever else is on its command line.
+    (r"LightningCLI's args parameter is intended", Warning),
+)
 
 
 def run(args: list[str] | None = None) -> ManualgradCLI:
     """Run the CLI on ``args`` (default: the command line) and return it (trainer, model...)."""
     with warnings.catch_warnings():
-        # Warnings that say nothing about the user's run. The datasets are small in-memory
-        # tensors, so loader worker processes would only add start-up time; and Lightning
-        # 2.6 still builds torch's deprecated pytree LeafSpec (a FutureWarning on torch 2.13).
-        warnings.filterwarnings(
-            "ignore", message=r".*does not have many workers", category=UserWarning
-        )
-        warnings.filterwarnings(
-            "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated"
-        )
-        # Lightning 2.6 calls jsonargparse methods deprecated since jsonargparse 4.49.
-        jsonargparse_deprecations = (
-            r"(?s)\s*(By default only one JsonargparseDep|.*was deprecated in v4\.)"
-        )
-        warnings.filterwarnings("ignore", jsonargparse_deprecations, DeprecationWarning)
-        # A Python caller that passes `args` means them, whatever else is on its command line.
-        warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
+        for message, category in QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message, category)
         return ManualgradCLI(
-            Regressor,
+            LightningModule,
             LightningDataModule,
+            subclass_mode_model=True,
             subclass_mode_data=True,
             seed_everything_default=0,
             trainer_defaults={
@@ -217,7 +155,6 @@ def run(args: list[str] | None = None) -> ManualgradCLI:
             },
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
-            parser_class=ManualgradParser,
             parser_kwargs={"prog": "manualgrad"},
             args=args,
         )

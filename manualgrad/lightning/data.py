@@ -1,24 +1,34 @@
-"""Data modules: the tutorial's line, a sine for an MLP, and a CSV table of your own."""
+"""Data modules: the tutorial's line, a sine for an MLP, the CS231n spiral for a classifier,
+and a CSV table of your own (numeric targets or class labels)."""
 
 from __future__ import annotations
 
-import csv
 import math
-import os
+from typing import Literal
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
+from manualgrad.lightning.csv_table import check_file, read_csv
 from manualgrad.lightning.loading import EpochShuffle, ResumableLoader
 
-__all__ = ["RegressionData", "LinearData", "TutorialData", "SineData", "CSVData"]
+__all__ = [
+    "SplitData",
+    "RegressionData",
+    "LinearData",
+    "TutorialData",
+    "SineData",
+    "SpiralData",
+    "CSVData",
+]
 
 
-class RegressionData(pl.LightningDataModule):
-    """Inputs ``x (N, features)`` and targets ``y (N, targets)``, split once into train and
-    validation rows by a seeded shuffle.
+class SplitData(pl.LightningDataModule):
+    """Inputs ``x (N, features)`` and targets, split once into train and validation rows by
+    a seeded shuffle. The targets are numbers ``y (N, targets)`` (float) for a regression, or
+    class indices ``y (N,)`` (int64, ``0 .. classes - 1``) for a classification.
 
     Subclasses implement :meth:`load`. ``test`` runs on the validation rows (the held-out
     part); ``predict`` runs on every row in its original order.
@@ -41,7 +51,8 @@ class RegressionData(pl.LightningDataModule):
         self._splits: dict[str, TensorDataset] | None = None
 
     def load(self) -> tuple[Tensor, Tensor]:
-        """Return ``x (N, features)`` and ``y (N, targets)`` as float32 tensors."""
+        """Return ``x (N, features)`` (float32) and either ``y (N, targets)`` (float32) or
+        class indices ``y (N,)`` (int64)."""
         raise NotImplementedError
 
     @property
@@ -49,12 +60,20 @@ class RegressionData(pl.LightningDataModule):
         return self._data()["all"].tensors[0].shape[1]
 
     @property
-    def num_targets(self) -> int:
-        return self._data()["all"].tensors[1].shape[1]
+    def num_targets(self) -> int | None:
+        """Numeric targets per row; None for class labels."""
+        y = self._data()["all"].tensors[1]
+        return y.shape[1] if y.is_floating_point() else None
+
+    @property
+    def num_classes(self) -> int | None:
+        """The number of classes (the largest label + 1); None for numeric targets."""
+        y = self._data()["all"].tensors[1]
+        return None if y.is_floating_point() else int(y.max()) + 1
 
     def _data(self) -> dict[str, TensorDataset]:
         if self._splits is None:
-            x, y = self.load()  # (N, features), (N, targets)
+            x, y = self.load()  # (N, features), (N, targets) or (N,)
             n_val = max(1, round(len(x) * self.val_fraction))
             if len(x) - n_val < 1:
                 raise ValueError(f"{len(x)} rows are too few to split into train and validation")
@@ -93,7 +112,16 @@ class RegressionData(pl.LightningDataModule):
         return self._loader("all")
 
 
-class LinearData(RegressionData):
+#: the name of :class:`SplitData` from before class labels
+RegressionData = SplitData
+
+# The command line gives the model and the data module their class path as a hyperparameter;
+# Lightning 2.4 refuses to log the two modules' hyperparameters together when they differ,
+# so the data leaves it out (its class comes from the config anyway).
+CLI_CLASS_PATH = "_class_path"
+
+
+class LinearData(SplitData):
     """The tutorial's data: ``y = slope * x + intercept + N(0, noise^2)``, ``x ~ U(low, high)``.
 
     Args:
@@ -121,7 +149,7 @@ class LinearData(RegressionData):
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size, val_fraction, seed)
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=CLI_CLASS_PATH)
         self.slope, self.intercept, self.noise = slope, intercept, noise
         self.size, self.low, self.high = size, low, high
 
@@ -145,7 +173,7 @@ class TutorialData(LinearData):
         super().__init__()
 
 
-class SineData(RegressionData):
+class SineData(SplitData):
     """A nonlinear task for an MLP: ``y = sin(x) + N(0, noise^2)``, ``x ~ U(low, high)``.
 
     Args:
@@ -170,7 +198,7 @@ class SineData(RegressionData):
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size, val_fraction, seed)
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=CLI_CLASS_PATH)
         self.noise, self.size, self.low, self.high = noise, size, low, high
 
     def load(self) -> tuple[Tensor, Tensor]:
@@ -179,17 +207,71 @@ class SineData(RegressionData):
         return x, torch.sin(x) + self.noise * torch.randn(self.size, 1, generator=generator)
 
 
-class CSVData(RegressionData):
-    """Your own table: one numeric target column and numeric feature columns.
+class SpiralData(SplitData):
+    """The spiral of the CS231n case study (a toy that no linear model can separate):
+    ``classes`` arms of ``points_per_class`` points each, in the plane.
+
+    Arm ``j`` has radii ``r`` evenly spaced in [0, 1] and angles
+    ``t = linspace(4 j, 4 (j + 1)) + N(0, noise^2)`` (radians); its points are
+    ``(r sin t, r cos t)``, labelled ``j``. Drawn from a generator seeded with ``seed``.
+
+    Args:
+        classes: the number of arms (classes).
+        points_per_class: points per arm, before the train/validation split.
+        noise: standard deviation of the Gaussian noise added to each angle.
+        batch_size: rows per batch; at least the training rows means full-batch descent.
+        val_fraction: share of the rows held out for validation.
+        seed: seeds the data, the train/validation split and the shuffling.
+    """
+
+    def __init__(
+        self,
+        classes: int = 3,
+        points_per_class: int = 100,
+        noise: float = 0.2,
+        batch_size: int = 64,
+        val_fraction: float = 0.2,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(batch_size, val_fraction, seed)
+        if classes < 2 or points_per_class < 1:
+            raise ValueError(
+                f"classes must be at least 2 and points_per_class at least 1, got "
+                f"{classes} and {points_per_class}"
+            )
+        self.save_hyperparameters(ignore=CLI_CLASS_PATH)
+        self.classes, self.points_per_class, self.noise = classes, points_per_class, noise
+
+    def load(self) -> tuple[Tensor, Tensor]:
+        generator = torch.Generator().manual_seed(self.seed)
+        n = self.points_per_class
+        radius = torch.linspace(0.0, 1.0, n)  # (n,)
+        points, labels = [], []
+        for j in range(self.classes):
+            angle = torch.linspace(4.0 * j, 4.0 * (j + 1), n)
+            angle = angle + self.noise * torch.randn(n, generator=generator)  # (n,)
+            points.append(torch.stack([radius * torch.sin(angle), radius * torch.cos(angle)], 1))
+            labels.append(torch.full((n,), j, dtype=torch.int64))
+        return torch.cat(points), torch.cat(labels)  # (classes * n, 2), (classes * n,)
+
+
+class CSVData(SplitData):
+    """Your own table: one target column and numeric feature columns.
+
+    The target column holds numbers to predict (``task="regression"``) or class labels
+    (``task="classification"``: whole numbers ``0, 1, ..., classes - 1``, for a
+    :class:`~manualgrad.lightning.Classifier`).
 
     A missing file raises ``FileNotFoundError`` at once. The file is read in ``setup``,
-    before the first step: a missing column, an empty or non-numeric cell, or a NaN/inf
-    raises ``ValueError`` naming the file, the line and the column.
+    before the first step: a missing column, an empty or non-numeric cell, a NaN/inf, or a
+    label that is not a whole number from 0 raises ``ValueError`` naming the file, the line
+    and the column.
 
     Args:
         path: the CSV file, with a header row of column names.
         target: the column to predict.
         features: the input columns; by default every column except the target.
+        task: ``"regression"`` (numeric targets) or ``"classification"`` (class labels).
         delimiter: the field separator.
         batch_size: rows per batch; at least the training rows means full-batch descent.
         val_fraction: share of the rows held out for validation.
@@ -201,72 +283,24 @@ class CSVData(RegressionData):
         path: str,
         target: str,
         features: list[str] | None = None,
+        task: Literal["regression", "classification"] = "regression",
         delimiter: str = ",",
         batch_size: int = 32,
         val_fraction: float = 0.2,
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size, val_fraction, seed)
-        _check_file(path)
-        self.save_hyperparameters()
+        if task not in ("regression", "classification"):
+            raise ValueError(f"task must be 'regression' or 'classification', got {task!r}")
+        check_file(path)
+        self.save_hyperparameters(ignore=CLI_CLASS_PATH)
         self.path, self.target, self.features, self.delimiter = path, target, features, delimiter
+        self.task = task
         self.feature_names: list[str] | None = None
 
     def load(self) -> tuple[Tensor, Tensor]:
-        self.feature_names, x, y = _read_csv(self.path, self.target, self.features, self.delimiter)
+        labels = self.task == "classification"
+        self.feature_names, x, y = read_csv(
+            self.path, self.target, self.features, self.delimiter, labels
+        )
         return x, y
-
-
-def _check_file(path: str | os.PathLike) -> None:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"CSV file not found: {path!s} (data.path)")
-
-
-def _read_csv(
-    path: str | os.PathLike, target: str, features: list[str] | None, delimiter: str
-) -> tuple[list[str], Tensor, Tensor]:
-    _check_file(path)
-    with open(path, newline="", encoding="utf-8") as file:
-        reader = csv.reader(file, delimiter=delimiter)
-        header = [name.strip() for name in next(reader, [])]
-        if not header:
-            raise ValueError(f"{path!s}: empty file; expected a header row of column names")
-        names = [n for n in header if n != target] if features is None else list(features)
-        for name in [target, *names]:
-            if name not in header:
-                raise ValueError(f"{path!s}: no column {name!r}; the columns are {header}")
-        if target in names:
-            raise ValueError(f"{path!s}: column {target!r} is the target and cannot be a feature")
-        if not names:
-            raise ValueError(f"{path!s}: no feature columns besides the target {target!r}")
-        columns = [*names, target]
-        index = [header.index(name) for name in columns]
-        rows = []
-        for line, row in enumerate(reader, start=2):
-            if not any(cell.strip() for cell in row):
-                continue  # a blank line
-            if len(row) != len(header):
-                raise ValueError(
-                    f"{path!s}, line {line}: {len(row)} fields, but the header has {len(header)}"
-                )
-            rows.append(
-                [_number(row[i], path, line, name) for i, name in zip(index, columns, strict=True)]
-            )
-    if not rows:
-        raise ValueError(f"{path!s}: no data rows below the header")
-    table = torch.tensor(rows, dtype=torch.float32)  # (N, features + 1)
-    return names, table[:, :-1], table[:, -1:]
-
-
-def _number(cell: str, path: str | os.PathLike, line: int, column: str) -> float:
-    text = cell.strip()
-    where = f"{path!s}, line {line}, column {column!r}"
-    if not text:
-        raise ValueError(f"{where}: empty cell (a missing value)")
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"{where}: {text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise ValueError(f"{where}: {text!r} is not a finite number (NaN or inf)")
-    return value
