@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -152,6 +153,103 @@ def mlp_case(name, sizes, batch, device, goal, compiled=False, autocast=None) ->
     )
 
 
+def _ops(rows: int, cols: int, device) -> list[tuple[str, str, Callable, dict]]:
+    """(label, functional name, inputs maker, keyword arguments) for each hand-derived op;
+    manual and native share the name: ``manualgrad.functional.X`` against ``F.X``."""
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def x():
+        return (torch.randn(rows, cols, device=device, generator=gen, requires_grad=True),)
+
+    def classes():
+        t = torch.randint(0, cols, (rows,), device=device, generator=gen)
+        return x() + (t,)
+
+    def log_probs():
+        lp = torch.randn(rows, cols, device=device, generator=gen).log_softmax(-1)
+        t = torch.randint(0, cols, (rows,), device=device, generator=gen)
+        return lp.requires_grad_(), t
+
+    def norm():
+        w = torch.randn(cols, device=device, generator=gen, requires_grad=True)
+        b = torch.randn(cols, device=device, generator=gen, requires_grad=True)
+        return x() + ((cols,), w, b)
+
+    def lookup():
+        idx = torch.randint(0, rows, (rows,), device=device, generator=gen)
+        return idx, torch.randn(rows, cols, device=device, generator=gen, requires_grad=True)
+
+    return [
+        ("relu", "relu", x, {}),
+        ("tanh", "tanh", x, {}),
+        ("sigmoid", "sigmoid", x, {}),
+        ("gelu", "gelu", x, {}),
+        ("gelu tanh", "gelu", x, {"approximate": "tanh"}),
+        ("silu", "silu", x, {}),
+        ("softmax", "softmax", x, {"dim": -1}),
+        ("log_softmax", "log_softmax", x, {"dim": -1}),
+        ("cross_entropy", "cross_entropy", classes, {}),
+        ("nll_loss", "nll_loss", log_probs, {}),
+        ("layer_norm", "layer_norm", norm, {}),
+        ("embedding", "embedding", lookup, {}),
+        ("dropout", "dropout", x, {"p": 0.1}),
+    ]
+
+
+def op_step(fn: Callable, inputs: tuple, kwargs: dict):
+    """Forward and backward of one op, with a fixed upstream gradient."""
+    leaves = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+    upstream = {}
+
+    def step():
+        for t in leaves:
+            t.grad = None
+        out = fn(*inputs, **kwargs)
+        if out.shape not in upstream:
+            upstream[out.shape] = torch.randn_like(out)
+        out.backward(upstream[out.shape])
+
+    return step
+
+
+def op_cases(shape: tuple[int, int], device, goal: float, compiled=False) -> list[Case]:
+    rows, cols = shape
+    cases = []
+    for label, name, make, kwargs in _ops(rows, cols, device):
+        inputs = make()
+        manual, native = getattr(manualgrad.functional, name), getattr(F, name)
+        if compiled:
+            manual, native = torch.compile(manual), torch.compile(native)
+        how = "compiled" if compiled else "eager"
+        cases.append(
+            Case(
+                f"{label} {rows}x{cols}, {how}",
+                goal,
+                op_step(native, inputs, kwargs),
+                op_step(manual, inputs, kwargs),
+            )
+        )
+    return cases
+
+
+def op_memory_cases(shape: tuple[int, int], device) -> list[Case]:
+    rows, cols = shape
+
+    def saved(fn: Callable, inputs: tuple, kwargs: dict) -> Callable[[], int]:
+        return lambda: saved_bytes(lambda: fn(*inputs, **kwargs))
+
+    return [
+        Case(
+            f"{label} {rows}x{cols}: saved for backward",
+            1.0,
+            saved(getattr(F, name), make(), kwargs),
+            saved(getattr(manualgrad.functional, name), make(), kwargs),
+            kind="memory",
+        )
+        for label, name, make, kwargs in _ops(rows, cols, device)
+    ]
+
+
 # ---- measurement ---------------------------------------------------------------------
 
 
@@ -188,7 +286,8 @@ def cuda_peak_bytes(fn: Callable) -> int:
 def measure(case: Case, repeats: int, min_run_time: float) -> Result:
     if case.kind != "time":
         n, m = case.native(), case.manual()
-        return Result(case.name, case.goal, case.kind, n, m, m / n, [m / n])
+        ratio = m / n if n else (math.inf if m else 1.0)  # nothing saved by either: 1
+        return Result(case.name, case.goal, case.kind, n, m, ratio, [ratio])
     case.native(), case.manual()  # warm-up (and compile)
     natives, manuals, ratios = [], [], []
     for r in range(repeats):
@@ -239,7 +338,16 @@ def cases_for(device: str, smoke: bool) -> list[Case]:
             layer_case("Linear layer (smoke)", (32, 32, 32), device, 1.02),
             mse_case(1000, device, 1.0),
             *memory_case("MLP (smoke)", [8, 16, 1], 4, device),
+            *op_cases((8, 16), device, 1.25),
+            *op_memory_cases((8, 16), device),
         ]
+    # Each op, forward + backward: launch-bound (small, eager and compiled) and memory-bound.
+    ops = [
+        *op_cases((256, 64), device, 1.25),
+        *op_cases((256, 64), device, 1.03, compiled=True),
+        *op_cases((4096, 4096), device, 1.05),
+        *op_memory_cases((4096, 4096), device),
+    ]
     small_mlp = [64, 128, 128, 1]
     if device == "cpu":
         return [
@@ -265,6 +373,7 @@ def cases_for(device: str, smoke: bool) -> list[Case]:
             *memory_case(
                 "MLP 4 layers of 1024, bf16 autocast", [1024] * 5, 1024, device, torch.bfloat16
             ),
+            *ops,
         ]
     return [
         layer_case("Linear 8192^3, fp32", (8192,) * 3, device, 1.02),
@@ -280,6 +389,8 @@ def cases_for(device: str, smoke: bool) -> list[Case]:
         *memory_case(
             "MLP 4 layers of 4096, bf16 autocast", [4096] * 5, 4096, device, torch.bfloat16
         ),
+        *(mse_case(n, device, 1.0) for n in (16_000_000, 64_000_000, 256_000_000)),
+        *ops,
     ]
 
 

@@ -5,7 +5,7 @@
 """
 
 from manualgrad import functional
-from manualgrad.check import GradientReport, check_gradients, hand_derived_nodes
+from manualgrad.check import GradientReport, backward_coverage, check_gradients, hand_derived_nodes
 from manualgrad.convert import (
     ConversionReport,
     conversion_report,
@@ -80,6 +80,7 @@ __all__ = [
     "ManualSoftmaxFunction",
     "ManualTanh",
     "ManualTanhFunction",
+    "backward_coverage",
     "check_gradients",
     "conversion_report",
     "functional",

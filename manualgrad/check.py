@@ -40,16 +40,15 @@ TOLERANCES = {
 # Backward nodes with no math in them: they only move, view, cast or route a gradient
 # (residual additions included: their backward hands the gradient on unchanged).
 _STRUCTURAL = frozenset(
-    {
-        "AccumulateGrad", "AliasBackward0", "AsStridedBackward0", "CatBackward0",
-        "CloneBackward0", "CopyBackwards", "ExpandBackward0", "PermuteBackward0", "ReshapeAliasBackward0",
-        "SelectBackward0", "SliceBackward0", "SplitBackward0", "SplitWithSizesBackward0",
-        "SqueezeBackward0", "SqueezeBackward1", "SqueezeBackward2", "StackBackward0",
-        "TBackward0", "ToCopyBackward0", "TransposeBackward0", "TransposeBackward1",
-        "UnbindBackward0", "UnsafeSplitBackward0", "UnsafeViewBackward0",
-        "UnsqueezeBackward0", "ViewBackward0", "AddBackward0",
-    }
-)  # fmt: skip
+    """
+    AccumulateGrad AddBackward0 AliasBackward0 AsStridedBackward0 CatBackward0
+    CloneBackward0 CopyBackwards ExpandBackward0 PermuteBackward0 ReshapeAliasBackward0
+    SelectBackward0 SliceBackward0 SplitBackward0 SplitWithSizesBackward0 SqueezeBackward0
+    SqueezeBackward1 SqueezeBackward2 StackBackward0 TBackward0 ToCopyBackward0
+    TransposeBackward0 TransposeBackward1 UnbindBackward0 UnsafeSplitBackward0
+    UnsafeViewBackward0 UnsqueezeBackward0 ViewBackward0
+    """.split()
+)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
-"""Functional forms of the hand-derived ops, with torch's signatures.
+"""Functional forms of the hand-derived ops, with torch's signatures: the one list of them.
 
-``manualgrad.functional.linear`` and ``manualgrad.functional.mse_loss`` stand in for
-``torch.nn.functional.linear`` and ``torch.nn.functional.mse_loss``.
+``manualgrad.functional.X`` stands in for ``torch.nn.functional.X`` (``linear``,
+``mse_loss``, ``relu``, ``softmax``, ``cross_entropy``, ``layer_norm``, ...): the same
+arguments, defaults, errors and warnings, with a hand-derived backward.
 """
 
 from manualgrad.ops.activations import gelu, relu, sigmoid, silu, tanh
