@@ -1,5 +1,6 @@
-"""Shared test helpers: devices, one comparison of an op against its native twin, wrong
-twins of the hand-derived Functions (and the fixtures that route the ops through them)."""
+"""Shared test helpers: devices and autocast settings, one comparison of an op against its
+native twin, PyTorch's ModuleInfo samples as (native, manual) module pairs, wrong twins of the
+hand-derived Functions (and the fixtures that route the ops through them)."""
 
 from __future__ import annotations
 
@@ -17,12 +18,16 @@ from manualgrad.ops._apply import ManualOp
 
 pytest.register_assert_rewrite("helpers_compose")  # its asserts report values, as tests' do
 
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
-    ),
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+DEVICES = ["cpu", pytest.param("cuda", marks=cuda)]
+
+#: (device, autocast dtype) for the autocast tests of every op
+AUTOCAST = [
+    pytest.param("cpu", torch.bfloat16, id="cpu-bfloat16"),
+    pytest.param("cpu", torch.float16, id="cpu-float16"),
+    pytest.param("cuda", torch.float16, id="cuda-float16", marks=cuda),
+    pytest.param("cuda", torch.bfloat16, id="cuda-bfloat16", marks=cuda),
 ]
 
 
@@ -112,6 +117,55 @@ def compare_with_native(manual_fn, native_fn, *inputs, tol: dict | None = None, 
         assert gm.dtype == gn.dtype
         torch.testing.assert_close(gm, gn, **tol, equal_nan=True)
     return out_m, out_n
+
+
+def compare_sample_with_native(manual_fn, native_fn, sample, tol: dict | None = None) -> bool:
+    """One OpInfo sample: ``manual_fn(sample.input, *sample.args, **sample.kwargs)`` against
+    ``native_fn`` (:func:`compare_with_native`: outputs and the gradients of every input,
+    the arguments too, that requires grad), with a graph of hand-derived nodes only. Where
+    native rejects the sample, ours must raise the same exception type. Returns whether
+    the sample was compared (False: rejected by both)."""
+    args, kwargs = sample.args, sample.kwargs
+    try:
+        native_fn(sample.input.detach(), *args, **kwargs)
+    except Exception as error:  # native rejects it: ours must, the same way
+        with pytest.raises(type(error)):
+            manual_fn(sample.input, *args, **kwargs)
+        return False
+    out, _ = compare_with_native(
+        lambda x, *a: manual_fn(x, *a, **kwargs),
+        lambda x, *a: native_fn(x, *a, **kwargs),
+        sample.input,
+        *args,  # e.g. a probability target, which requires grad
+        tol=tol,
+    )
+    assert_hand_derived_only(out)
+    return True
+
+
+def module_info_pairs(native_cls: type, manual_cls: type, device: str, at_least: int = 1):
+    """PyTorch's own ModuleInfo samples for ``native_cls`` (``module_db``, float64, with
+    grad, training mode): at least ``at_least`` of them. Yields ``(sample, native, manual)``
+    per sample: both modules built from its constructor arguments under the same seed, on
+    ``device``, with the same state_dict keys and ``manual`` holding ``native``'s state.
+    A sample's forward takes positional arguments only."""
+    from torch.testing._internal.common_modules import module_db
+
+    (info,) = [m for m in module_db if m.module_cls is native_cls]
+    samples = info.module_inputs_func(
+        info, device=device, dtype=torch.float64, requires_grad=True, training=True
+    )
+    assert len(samples) >= at_least
+    for sample in samples:
+        c_args, c_kwargs = sample.constructor_input.args, sample.constructor_input.kwargs
+        torch.manual_seed(0)
+        native = native_cls(*c_args, **c_kwargs).to(device)
+        torch.manual_seed(0)
+        manual = manual_cls(*c_args, **c_kwargs).to(device)
+        assert manual.state_dict().keys() == native.state_dict().keys()
+        manual.load_state_dict(native.state_dict())
+        assert not sample.forward_input.kwargs
+        yield sample, native, manual
 
 
 def native_mse_loss(input, target, reduction="mean"):

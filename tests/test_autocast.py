@@ -5,22 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import compare_with_native, native_mse_loss, tolerances
+from conftest import AUTOCAST, compare_with_native, native_mse_loss, tolerances
 from helpers_compose import assert_grads, batch, grads, mlp, native_grads
 from torch import nn
 from torch.nn import functional as F
 
 from manualgrad import ManualMSELoss
 from manualgrad.functional import linear, mse_loss
-
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-
-AUTOCAST = [
-    pytest.param("cpu", torch.bfloat16, id="cpu-bfloat16"),
-    pytest.param("cpu", torch.float16, id="cpu-float16"),
-    pytest.param("cuda", torch.float16, id="cuda-float16", marks=cuda),
-    pytest.param("cuda", torch.bfloat16, id="cuda-bfloat16", marks=cuda),
-]
 
 
 @pytest.mark.parametrize(("device", "dtype"), AUTOCAST)

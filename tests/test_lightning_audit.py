@@ -12,8 +12,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from helpers_lightning import LIGHTNING_MARKS, MemoryLogger, needs_manual, trainer
-from torch import Tensor, nn
-from torch.autograd import Function
+from helpers_registry import FACTOR, Exp, ManualExp
+from torch import nn
 
 import manualgrad
 from manualgrad import ManualLinear, ManualLinearFunction, ManualMSELoss, registry
@@ -26,7 +26,6 @@ from manualgrad.lightning import (
     native_twin,
 )
 from manualgrad.lightning import model as lightning_model
-from manualgrad.ops._apply import ManualOp
 
 pytestmark = LIGHTNING_MARKS
 
@@ -161,40 +160,6 @@ def test_audit_replays_dropout_and_leaves_the_random_state_of_training():
 
 
 # --- an op registered in the table alone ----------------------------------------------------
-
-
-class Exp(nn.Module):
-    """A native module written by a user: ``torch.exp``, on autograd."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.exp(x)
-
-
-class ExpFunction(Function):
-    """``y = exp(x)``; ``dL/dx = G * y`` (the output is its own derivative), times
-    ``FACTOR["backward"]``, which a test sets to 2 to plant a wrong derivation."""
-
-    @staticmethod
-    def forward(x: Tensor) -> Tensor:
-        return torch.exp(x)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        ctx.save_for_backward(output)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        (y,) = ctx.saved_tensors
-        return grad * y * FACTOR["backward"]
-
-
-FACTOR = {"backward": 1.0}
-_exp = ManualOp(ExpFunction)
-
-
-class ManualExp(Exp):
-    def forward(self, x: Tensor) -> Tensor:
-        return _exp(x)
 
 
 @pytest.fixture

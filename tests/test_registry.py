@@ -2,48 +2,12 @@
 
 import pytest
 import torch
-from torch import Tensor, nn
-from torch.autograd import Function
+from helpers_registry import FACTOR, Exp, ManualExp
+from torch import nn
 
 import manualgrad
 from manualgrad import registry
 from manualgrad.check import backward_coverage
-from manualgrad.ops._apply import ManualOp
-
-
-class Exp(nn.Module):
-    """A native module written by a user: ``torch.exp``, on autograd."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.exp(x)
-
-
-class ExpFunction(Function):
-    """``y = exp(x)``; ``dL/dx = G * y`` (the output is its own derivative)."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x):
-        return torch.exp(x)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(output)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (y,) = ctx.saved_tensors
-        return grad * y * FACTOR["backward"]
-
-
-FACTOR = {"backward": 1.0}  # a test sets 2.0 to plant a wrong derivation
-_exp = ManualOp(ExpFunction)
-
-
-class ManualExp(Exp):
-    def forward(self, x: Tensor) -> Tensor:
-        return _exp(x)
 
 
 @pytest.fixture

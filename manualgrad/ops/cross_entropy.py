@@ -505,6 +505,19 @@ def _widened(*tensors: Tensor | None):
     )
 
 
+def _float32_under_autocast(loss, input, target, weight, *options, lift_target=False) -> Tensor:
+    """``loss(input, target, weight, *options)``; under autocast, as native runs these losses:
+    with autocast off and the input and weight (the target too, if ``lift_target``: a
+    class-probability target) lifted to float32 from float16/bfloat16."""
+    if autocast_dtype(input.device.type) is None:
+        return loss(input, target, weight, *options)
+    input, weight = _widened(input, weight)
+    if lift_target:
+        (target,) = _widened(target)
+    with torch.autocast(input.device.type, enabled=False):
+        return loss(input, target, weight, *options)
+
+
 def _batched(input: Tensor, target: Tensor, probs: bool) -> tuple[Tensor, Tensor]:
     """An unbatched ``(C,)`` input (with target ``()``/``(1,)`` or ``(C,)``) as a batch of one."""
     return input.unsqueeze(0), target.unsqueeze(0) if probs else target.reshape(1)
@@ -529,12 +542,7 @@ def nll_loss(
     """
     _check_types("nll_loss", input, target, weight, ignore_index)
     reduction = _reduction_of(size_average, reduce, reduction)
-    ignore_index = int(ignore_index)
-    if autocast_dtype(input.device.type) is not None:
-        input, weight = _widened(input, weight)
-        with torch.autocast(input.device.type, enabled=False):
-            return _nll_loss(input, target, weight, reduction, ignore_index)
-    return _nll_loss(input, target, weight, reduction, ignore_index)
+    return _float32_under_autocast(_nll_loss, input, target, weight, reduction, int(ignore_index))
 
 
 def _nll_loss(input, target, weight, reduction, ignore_index) -> Tensor:
@@ -565,14 +573,10 @@ def cross_entropy(
     """
     _check_types("cross_entropy", input, target, weight, ignore_index)
     reduction = _reduction_of(size_average, reduce, reduction)
-    ignore_index = int(ignore_index)
-    if autocast_dtype(input.device.type) is not None:
-        input, target, weight = _widened(input, target, weight)
-        with torch.autocast(input.device.type, enabled=False):
-            return _cross_entropy_loss(
-                input, target, weight, reduction, ignore_index, label_smoothing
-            )
-    return _cross_entropy_loss(input, target, weight, reduction, ignore_index, label_smoothing)
+    return _float32_under_autocast(
+        _cross_entropy_loss, input, target, weight, reduction, int(ignore_index),
+        label_smoothing, lift_target=True,
+    )  # fmt: skip
 
 
 def _cross_entropy_loss(input, target, weight, reduction, ignore_index, label_smoothing):

@@ -74,7 +74,7 @@ class ManualDropoutFunction(Function):
         ctx.p = p
 
     @staticmethod
-    def backward(ctx, grad_output: Tensor | None, _grad_mask: None):
+    def backward(ctx, grad_output: Tensor | None, _grad_mask: None = None):
         if grad_output is None or not ctx.needs_input_grad[0]:
             return None, None, None
         (mask,) = ctx.saved_tensors
@@ -114,12 +114,8 @@ class ManualDropoutInplaceFunction(Function):
         ctx.save_for_forward(mask)
         ctx.p = p
 
-    @staticmethod
-    def backward(ctx, grad_output: Tensor):
-        if not ctx.needs_input_grad[0]:
-            return None, None, None
-        (mask,) = ctx.saved_tensors
-        return grad_output * _scaled(mask, ctx.p, grad_output.dtype), None, None
+    # the out-of-place rule, dL/dX = G * M / (1 - p), from the same saved M and ctx.p
+    backward = staticmethod(ManualDropoutFunction.backward)
 
     @staticmethod
     def jvp(ctx, input_t: Tensor, _mask_t: None, _p: None):

@@ -21,7 +21,22 @@ __all__ = [
 ]
 
 
-class ManualSoftmaxFunction(Function):
+class _KeepsOutput(Function):
+    """Plumbing (a first reader may skip it): what softmax and log-softmax share. Each keeps
+    its output alone (for backward and jvp), the ``dim``, and the input's dtype that the
+    gradient is cast back to; torch's generated vmap rule serves both."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, dim, _ = inputs
+        ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
+        ctx.dim, ctx.input_dtype = dim, input.dtype
+
+
+class ManualSoftmaxFunction(_KeepsOutput):
     r"""``Y = softmax(X)`` along ``dim``, with the chain rule written out by hand.
 
     Shapes: ``X`` and ``Y`` have any shape ``(*)`` (0-dim and empty included); ``dim`` is
@@ -55,18 +70,9 @@ class ManualSoftmaxFunction(Function):
     Machine Learning* (2006), eq. 4.106; PyTorch's ``_softmax_backward_data``.
     """
 
-    generate_vmap_rule = True
-
     @staticmethod
     def forward(input: Tensor, dim: int, dtype: torch.dtype | None) -> Tensor:
         return input.softmax(dim) if dtype is None else input.softmax(dim, dtype=dtype)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        input, dim, _ = inputs
-        ctx.save_for_backward(output)
-        ctx.save_for_forward(output)
-        ctx.dim, ctx.input_dtype = dim, input.dtype
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
@@ -89,7 +95,7 @@ def _symmetric_jacobian_product(y: Tensor, v: Tensor, dim: int) -> Tensor:
     return torch.addcmul(yv, y, yv.sum(dim, keepdim=True), value=-1)  # y v - y sum(y v)  (*)
 
 
-class ManualLogSoftmaxFunction(Function):
+class ManualLogSoftmaxFunction(_KeepsOutput):
     r"""``Z = log_softmax(X)`` along ``dim``, with the chain rule written out by hand.
 
     Shapes: as :class:`ManualSoftmaxFunction`: ``X``, ``Z`` of any shape ``(*)``, slices
@@ -115,18 +121,9 @@ class ManualLogSoftmaxFunction(Function):
     PyTorch's ``_log_softmax_backward_data``.
     """
 
-    generate_vmap_rule = True
-
     @staticmethod
     def forward(input: Tensor, dim: int, dtype: torch.dtype | None) -> Tensor:
         return input.log_softmax(dim) if dtype is None else input.log_softmax(dim, dtype=dtype)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        input, dim, _ = inputs
-        ctx.save_for_backward(output)
-        ctx.save_for_forward(output)
-        ctx.dim, ctx.input_dtype = dim, input.dtype
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
@@ -163,8 +160,11 @@ def _implicit_dim(name: str, ndim: int, stacklevel: int) -> int:
     return 0 if ndim in (0, 1, 3) else 1
 
 
-def _check_dim(name: str, input: Tensor, dim: object) -> int:
-    """``dim`` as an int in range for ``input``, or the native exception type saying why."""
+def _check_dim(name: str, input: Tensor, dim: object, stacklevel: int) -> int:
+    """``dim`` as an int in range for ``input``, or the native exception type saying why;
+    for None, the implicit dim, warning ``stacklevel`` frames up from the caller."""
+    if dim is None:
+        dim = _implicit_dim(name, input.dim(), stacklevel + 1)  # + 1: this frame
     if type(dim) is not int:
         if isinstance(dim, bool) or not hasattr(dim, "__index__"):
             raise TypeError(f"{name}(): argument 'dim' must be int, not {type(dim).__name__}")
@@ -201,9 +201,7 @@ def softmax(
     Same signature and semantics as :func:`torch.nn.functional.softmax` (including the
     warning when ``dim`` is None); see :class:`ManualSoftmaxFunction` for the derivation.
     """
-    if dim is None:
-        dim = _implicit_dim("softmax", input.dim(), _stacklevel)
-    dim = _check_dim("softmax", input, dim)
+    dim = _check_dim("softmax", input, dim, _stacklevel)
     return _softmax(input, dim, _autocast_dtype(input, dtype))
 
 
@@ -215,9 +213,7 @@ def log_softmax(
     Same signature and semantics as :func:`torch.nn.functional.log_softmax` (including the
     warning when ``dim`` is None); see :class:`ManualLogSoftmaxFunction` for the derivation.
     """
-    if dim is None:
-        dim = _implicit_dim("log_softmax", input.dim(), _stacklevel)
-    dim = _check_dim("log_softmax", input, dim)
+    dim = _check_dim("log_softmax", input, dim, _stacklevel)
     return _log_softmax(input, dim, _autocast_dtype(input, dtype))
 
 

@@ -10,7 +10,14 @@ from functools import partial
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
-from conftest import assert_hand_derived_only, compare_with_native, tolerances, wrong_twin
+from conftest import (
+    AUTOCAST,
+    assert_hand_derived_only,
+    compare_with_native,
+    module_info_pairs,
+    tolerances,
+    wrong_twin,
+)
 from torch import nn
 from torch.autograd import gradcheck, gradgradcheck
 from torch.func import grad, hessian, jacfwd, jacrev, vmap
@@ -20,25 +27,7 @@ from torch.utils.checkpoint import checkpoint
 from manualgrad import hand_derived_nodes
 from manualgrad.ops import activations
 from manualgrad.ops._apply import ManualOp
-from manualgrad.ops.activations import (
-    ManualGELU,
-    ManualGELUFunction,
-    ManualReLU,
-    ManualReLUFunction,
-    ManualSigmoid,
-    ManualSigmoidFunction,
-    ManualSiLU,
-    ManualSiLUFunction,
-    ManualTanh,
-    ManualTanhFunction,
-    gelu,
-    relu,
-    sigmoid,
-    silu,
-    tanh,
-)
-
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+from manualgrad.ops.activations import gelu, relu, sigmoid, silu, tanh
 
 
 def _inplace(fn):
@@ -55,28 +44,28 @@ def _inplace(fn):
 
 # name -> (manual, native, Function, what backward keeps: the op's "output" or "input")
 OPS = {
-    "relu": (relu, F.relu, ManualReLUFunction, "output"),
-    "relu_": (_inplace(relu), _inplace(F.relu), ManualReLUFunction, "output"),
-    "tanh": (tanh, torch.tanh, ManualTanhFunction, "output"),
-    "sigmoid": (sigmoid, torch.sigmoid, ManualSigmoidFunction, "output"),
-    "gelu": (gelu, F.gelu, ManualGELUFunction, "input"),
+    "relu": (relu, F.relu, activations.ManualReLUFunction, "output"),
+    "relu_": (_inplace(relu), _inplace(F.relu), activations.ManualReLUFunction, "output"),
+    "tanh": (tanh, torch.tanh, activations.ManualTanhFunction, "output"),
+    "sigmoid": (sigmoid, torch.sigmoid, activations.ManualSigmoidFunction, "output"),
+    "gelu": (gelu, F.gelu, activations.ManualGELUFunction, "input"),
     "gelu_tanh": (
         partial(gelu, approximate="tanh"),
         partial(F.gelu, approximate="tanh"),
-        ManualGELUFunction,
+        activations.ManualGELUFunction,
         "input",
     ),
-    "silu": (silu, F.silu, ManualSiLUFunction, "input"),
-    "silu_": (_inplace(silu), _inplace(F.silu), ManualSiLUFunction, "input"),
+    "silu": (silu, F.silu, activations.ManualSiLUFunction, "input"),
+    "silu_": (_inplace(silu), _inplace(F.silu), activations.ManualSiLUFunction, "input"),
 }
 SHAPES = [(), (7,), (2, 3, 2), (2, 0, 3)]
 # module pairs, with a constructor that exercises their arguments
 MODULES = {
-    "relu": (ManualReLU, nn.ReLU, [{}, {"inplace": True}]),
-    "tanh": (ManualTanh, nn.Tanh, [{}]),
-    "sigmoid": (ManualSigmoid, nn.Sigmoid, [{}]),
-    "gelu": (ManualGELU, nn.GELU, [{}, {"approximate": "tanh"}]),
-    "silu": (ManualSiLU, nn.SiLU, [{}, {"inplace": True}]),
+    "relu": (activations.ManualReLU, nn.ReLU, [{}, {"inplace": True}]),
+    "tanh": (activations.ManualTanh, nn.Tanh, [{}]),
+    "sigmoid": (activations.ManualSigmoid, nn.Sigmoid, [{}]),
+    "gelu": (activations.ManualGELU, nn.GELU, [{}, {"approximate": "tanh"}]),
+    "silu": (activations.ManualSiLU, nn.SiLU, [{}, {"inplace": True}]),
 }
 
 
@@ -265,11 +254,11 @@ def test_vmap_and_per_sample_gradients(op, in_dim, device):
 
 # The wrong twins' known errors: each Function's backward (and jvp) times a distinct prime.
 WRONG = {
-    "_relu": (ManualReLUFunction, 2.0),
-    "_tanh": (ManualTanhFunction, 3.0),
-    "_sigmoid": (ManualSigmoidFunction, 5.0),
-    "_gelu": (ManualGELUFunction, 7.0),
-    "_silu": (ManualSiLUFunction, 11.0),
+    "_relu": (activations.ManualReLUFunction, 2.0),
+    "_tanh": (activations.ManualTanhFunction, 3.0),
+    "_sigmoid": (activations.ManualSigmoidFunction, 5.0),
+    "_gelu": (activations.ManualGELUFunction, 7.0),
+    "_silu": (activations.ManualSiLUFunction, 11.0),
 }
 # _chain below passes through ReLU twice, Tanh once, GELU twice, SiLU twice, Sigmoid once
 CHAIN_SCALE = 2.0**2 * 3.0 * 7.0**2 * 11.0**2 * 5.0
@@ -353,14 +342,6 @@ def test_checkpoint_gives_native_gradients(use_reentrant, device):
     (out, g), (out_n, g_n) = grads
     torch.testing.assert_close(out, out_n, rtol=0, atol=0)
     torch.testing.assert_close(g, g_n)
-
-
-AUTOCAST = [
-    pytest.param("cpu", torch.bfloat16, id="cpu-bfloat16"),
-    pytest.param("cpu", torch.float16, id="cpu-float16"),
-    pytest.param("cuda", torch.float16, id="cuda-float16", marks=cuda),
-    pytest.param("cuda", torch.bfloat16, id="cuda-bfloat16", marks=cuda),
-]
 
 
 @pytest.mark.parametrize(("device", "autocast"), AUTOCAST)
@@ -540,24 +521,10 @@ def test_opinfo_samples_match_native(name, device):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.parametrize("name", list(MODULES))
 def test_moduleinfo_samples_match_native(name, device):
-    from torch.testing._internal.common_modules import module_db
-
     manual_cls, native_cls, _ = MODULES[name]
-    (info,) = [m for m in module_db if m.module_cls is native_cls]
-    inputs = info.module_inputs_func(
-        info, device=device, dtype=torch.float64, requires_grad=True, training=True
-    )
-    assert len(inputs) >= 3
-    for sample in inputs:
-        c_args, c_kwargs = sample.constructor_input.args, sample.constructor_input.kwargs
-        torch.manual_seed(0)
-        native = native_cls(*c_args, **c_kwargs).to(device)
-        torch.manual_seed(0)
-        manual = manual_cls(*c_args, **c_kwargs).to(device)
-        manual.load_state_dict(native.state_dict())
+    for sample, native, manual in module_info_pairs(native_cls, manual_cls, device, at_least=3):
         assert repr(manual) == repr(native).replace(native_cls.__name__, manual_cls.__name__)
-        (x,), kwargs = sample.forward_input.args, sample.forward_input.kwargs
-        assert not kwargs
+        (x,) = sample.forward_input.args
         out, _ = compare_with_native(manual, native, x)
         assert_hand_derived_only(out)
 
@@ -630,7 +597,7 @@ def test_bad_gelu_approximate_like_native():
             F.gelu(x, approximate=bad)
         with pytest.raises(error, match="approximate"):
             gelu(x, approximate=bad)
-    module = ManualGELU(approximate="asdf")  # nn.GELU checks nothing at construction
+    module = activations.ManualGELU(approximate="asdf")  # nn.GELU checks nothing at construction
     with pytest.raises(RuntimeError, match="approximate argument must be either"):
         module(x)
     with pytest.raises(RuntimeError):

@@ -14,7 +14,15 @@ import numpy as np
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
-from conftest import assert_hand_derived_only, compare_with_native, tolerances, wrong_twin
+from conftest import (
+    AUTOCAST,
+    assert_hand_derived_only,
+    compare_sample_with_native,
+    compare_with_native,
+    module_info_pairs,
+    tolerances,
+    wrong_twin,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -35,7 +43,6 @@ from manualgrad.ops.cross_entropy import (
     nll_loss,
 )
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 REDUCTIONS = ["mean", "sum", "none"]
 F64 = tolerances(torch.float64)
 
@@ -345,23 +352,9 @@ def test_opinfo_samples_match_native(name, device):
     from torch.testing._internal.common_methods_invocations import op_db
 
     (info,) = [o for o in op_db if o.name == name]
-    manual, count = OPINFO[name], 0
+    count = 0
     for sample in info.sample_inputs(device, torch.float64, requires_grad=True):
-        args, kwargs = sample.args, sample.kwargs
-        try:
-            info.op(sample.input.detach(), *args, **kwargs)
-        except Exception as error:  # native rejects it: ours must, the same way
-            with pytest.raises(type(error)):
-                manual(sample.input, *args, **kwargs)
-            continue
-        out, _ = compare_with_native(
-            lambda x, *a, k=kwargs: manual(x, *a, **k),
-            lambda x, *a, k=kwargs, f=info.op: f(x, *a, **k),
-            sample.input,
-            *args,  # the target: a probability target requires grad
-        )
-        assert_hand_derived_only(out)
-        count += 1
+        count += compare_sample_with_native(OPINFO[name], info.op, sample)
     assert count >= 20
 
 
@@ -372,24 +365,8 @@ def test_opinfo_samples_match_native(name, device):
     ids=["CrossEntropyLoss", "NLLLoss"],
 )
 def test_moduleinfo_samples_match_native(manual_cls, native_cls, device):
-    from torch.testing._internal.common_modules import module_db
-
-    (info,) = [m for m in module_db if m.module_cls is native_cls]
-    inputs = info.module_inputs_func(
-        info, device=device, dtype=torch.float64, requires_grad=True, training=True
-    )
-    assert len(inputs) >= 20
-    for sample in inputs:
-        c_args, c_kwargs = sample.constructor_input.args, sample.constructor_input.kwargs
-        torch.manual_seed(0)
-        native = native_cls(*c_args, **c_kwargs).to(device)
-        torch.manual_seed(0)
-        manual = manual_cls(*c_args, **c_kwargs).to(device)
-        manual.load_state_dict(native.state_dict())
-        assert manual.state_dict().keys() == native.state_dict().keys()
-        args, kwargs = sample.forward_input.args, sample.forward_input.kwargs
-        assert not kwargs
-        out, _ = compare_with_native(manual, native, *args)
+    for sample, native, manual in module_info_pairs(native_cls, manual_cls, device, at_least=20):
+        out, _ = compare_with_native(manual, native, *sample.forward_input.args)
         assert_hand_derived_only(out)
 
 
@@ -610,13 +587,6 @@ def test_checkpoint_gives_native_gradients(use_reentrant, device):
 
 
 # ---- autocast: the losses run in float32, as native --------------------------------------
-
-AUTOCAST = [
-    pytest.param("cpu", torch.bfloat16, id="cpu-bfloat16"),
-    pytest.param("cpu", torch.float16, id="cpu-float16"),
-    pytest.param("cuda", torch.float16, id="cuda-float16", marks=cuda),
-    pytest.param("cuda", torch.bfloat16, id="cuda-bfloat16", marks=cuda),
-]
 
 
 @pytest.mark.parametrize(("device", "autocast"), AUTOCAST)

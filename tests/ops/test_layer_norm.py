@@ -9,7 +9,7 @@ import importlib
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
-from conftest import assert_hand_derived_only, compare_with_native, tolerances, wrong_twin
+from conftest import AUTOCAST, assert_hand_derived_only, compare_with_native, tolerances, wrong_twin
 from torch import nn
 from torch.autograd import gradcheck, gradgradcheck
 from torch.autograd.graph import saved_tensors_hooks
@@ -22,7 +22,6 @@ from manualgrad.ops._apply import ManualOp
 from manualgrad.ops.layer_norm import ManualLayerNorm, ManualLayerNormFunction, layer_norm
 
 ln_module = importlib.import_module("manualgrad.ops.layer_norm")
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: a second thread only contends
 
 # (input shape, normalized_shape): one or more normalised dims, no leading dims, D = 1,
@@ -338,13 +337,6 @@ def test_public_api_and_registry():
 
 
 # ---- autocast ---------------------------------------------------------------------------
-
-AUTOCAST = [
-    pytest.param("cpu", torch.bfloat16, id="cpu-bfloat16"),
-    pytest.param("cpu", torch.float16, id="cpu-float16"),
-    pytest.param("cuda", torch.float16, id="cuda-float16", marks=cuda),
-    pytest.param("cuda", torch.bfloat16, id="cuda-bfloat16", marks=cuda),
-]
 
 
 @pytest.mark.parametrize(("device", "dtype"), AUTOCAST)

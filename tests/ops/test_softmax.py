@@ -7,7 +7,16 @@ import pickle
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
-from conftest import assert_hand_derived_only, compare_with_native, tolerances, wrong_twin
+from conftest import (
+    AUTOCAST,
+    assert_hand_derived_only,
+    compare_sample_with_native,
+    compare_with_native,
+    cuda,
+    module_info_pairs,
+    tolerances,
+    wrong_twin,
+)
 from torch import nn
 from torch.autograd import gradcheck, gradgradcheck
 from torch.func import grad, hessian, jacfwd, jacrev, vmap
@@ -25,8 +34,6 @@ from manualgrad.ops.softmax import (
     log_softmax,
     softmax,
 )
-
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 # name -> (manual functional, native functional, Function, ManualOp attribute, module pair)
 OPS = {
@@ -178,43 +185,16 @@ def test_opinfo_samples_match_native(op, device):
     for info in infos:
         for dtype in (torch.float64, torch.float32):
             for sample in info.sample_inputs(device, dtype, requires_grad=True):
-                args, kwargs = sample.args, sample.kwargs
-                try:
-                    info.op(sample.input.detach(), *args, **kwargs)
-                except Exception as error:  # native rejects it: ours must, the same way
-                    with pytest.raises(type(error)):
-                        manual(sample.input, *args, **kwargs)
-                    continue
-                out, _ = compare_with_native(
-                    lambda x, a=args, k=kwargs: manual(x, *a, **k),
-                    lambda x, a=args, k=kwargs, f=info.op: f(x, *a, **k),
-                    sample.input,
-                    tol=tolerances(dtype),  # float32 in, float64 out: float32 gradients
-                )
-                assert_hand_derived_only(out)
-                count += 1
+                # float32 in, float64 out: float32 gradients
+                count += compare_sample_with_native(manual, info.op, sample, tol=tolerances(dtype))
     assert count >= 28
 
 
 def test_moduleinfo_samples_match_native(op, device):
-    from torch.testing._internal.common_modules import module_db
-
     *_, manual_cls, native_cls = OPS[op]
-    (info,) = [m for m in module_db if m.module_cls is native_cls]
-    inputs = info.module_inputs_func(
-        info, device=device, dtype=torch.float64, requires_grad=True, training=True
-    )
-    assert len(inputs) >= 3
-    for sample in inputs:
-        c_args, c_kwargs = sample.constructor_input.args, sample.constructor_input.kwargs
-        torch.manual_seed(0)
-        native = native_cls(*c_args, **c_kwargs).to(device)
-        torch.manual_seed(0)
-        manual = manual_cls(*c_args, **c_kwargs).to(device)
-        assert manual.state_dict().keys() == native.state_dict().keys()
+    for sample, native, manual in module_info_pairs(native_cls, manual_cls, device, at_least=3):
         assert repr(manual) == repr(native).replace(native_cls.__name__, manual_cls.__name__)
-        (x,), kwargs = sample.forward_input.args, sample.forward_input.kwargs
-        assert not kwargs
+        (x,) = sample.forward_input.args
         out, _ = compare_with_native(manual, native, x)
         assert_hand_derived_only(out)
 
@@ -348,13 +328,6 @@ def test_checkpoint_gives_native_gradients(use_reentrant, device):
 
 
 # ---- autocast: native's output dtypes, per device ----------------------------------------
-
-AUTOCAST = [
-    pytest.param("cpu", torch.bfloat16, id="cpu-bfloat16"),
-    pytest.param("cpu", torch.float16, id="cpu-float16"),
-    pytest.param("cuda", torch.float16, id="cuda-float16", marks=cuda),
-    pytest.param("cuda", torch.bfloat16, id="cuda-bfloat16", marks=cuda),
-]
 
 
 @pytest.mark.parametrize(("device", "autocast"), AUTOCAST)
