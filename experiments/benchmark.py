@@ -450,6 +450,10 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     print(f"{'case':<52} {'native':>12} {'manual':>12}  ratio   goal")
     for case in cases_for(args.device, args.smoke):
+        # Every torch.compile'd function shares one wrapper code object, whose recompile
+        # limit (8) the op cases would exhaust, silently leaving the rest eager: start each
+        # case afresh (the cases before it are measured and done).
+        torch.compiler.reset()
         torch.backends.cuda.matmul.allow_tf32 = "TF32" in case.name
         results.append(measure(case, repeats, min_run_time))
         print(fmt(results[-1], judge=not args.smoke), flush=True)
