@@ -441,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         "--system-malloc", action="store_true", help="keep glibc's default trim/mmap settings"
     )
     parser.add_argument("--out", type=Path, help="JSON file (default: experiments/results/)")
+    parser.add_argument("--only", default="", help="run only the cases whose name holds this")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device")
@@ -449,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     results = []
     print(f"{'case':<52} {'native':>12} {'manual':>12}  ratio   goal")
-    for case in cases_for(args.device, args.smoke):
+    for case in (c for c in cases_for(args.device, args.smoke) if args.only in c.name):
         # Every torch.compile'd function shares one wrapper code object, whose recompile
         # limit (8) the op cases would exhaust, silently leaving the rest eager: start each
         # case afresh (the cases before it are measured and done).
