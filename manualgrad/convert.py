@@ -225,17 +225,17 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'s' * (n != 1)}"
 
 
-def _convert(model: nn.Module, pairs: dict, filter_fn: FilterFn | None, caller: str) -> None:
+def _convert(
+    model: nn.Module, pairs: dict, filter_fn: FilterFn | None, caller: str, scope: type, what: str
+) -> None:
     """Swap native classes for manual ones, then log what the swap leaves native among the
-    modules of the converted families (all of them for :func:`replace_modules`)."""
+    modules of type ``scope`` (``what`` names them in the message)."""
     swapped, excluded = _swap(model, pairs, filter_fn)
-    scope = tuple(pairs) if len(pairs) == 1 else (nn.Module,)
     rows = [status for module, status in _rows(model, excluded) if isinstance(module, scope)]
     left: dict[str, list[str]] = {}  # reason -> names left native, filter_fn's aside
     for m in rows:
         if not m.converted and m.reason != _EXCLUDED:
             left.setdefault(m.reason, []).append(m.name or "<model>")
-    what = f"nn.{scope[0].__name__} modules" if len(pairs) == 1 else "modules"
     msg = f"{caller}: converted {_plural(swapped, 'module')}; "
     msg += f"{sum(m.converted for m in rows)} of {len(rows)} {what} are manual"
     for reason, names in left.items():
@@ -267,7 +267,9 @@ def replace_modules(model: nn.Module, filter_fn: FilterFn | None = None) -> nn.M
         >>> type(model[0]).__name__
         'ManualLinear'
     """
-    _convert(model, dict(registry.MANUAL_CLASSES), filter_fn, "replace_modules")
+    _convert(
+        model, dict(registry.MANUAL_CLASSES), filter_fn, "replace_modules", nn.Module, "modules"
+    )
     return model
 
 
@@ -287,7 +289,8 @@ def replace_linear(model: nn.Module, filter_fn: FilterFn | None = None) -> nn.Mo
     """:func:`replace_modules` for ``nn.Linear`` alone: every module whose type is exactly
     ``nn.Linear`` becomes a :class:`~manualgrad.ManualLinear`, in place. Returns ``model``.
     """
-    _convert(model, {nn.Linear: registry.MANUAL_CLASSES[nn.Linear]}, filter_fn, "replace_linear")
+    pairs = {nn.Linear: registry.MANUAL_CLASSES[nn.Linear]}
+    _convert(model, pairs, filter_fn, "replace_linear", nn.Linear, "nn.Linear modules")
     return model
 
 
