@@ -3,7 +3,7 @@
 Each is ``y = f(x)`` on every element alone, so its Jacobian is diagonal, ``diag(f'(x))``:
 the gradient ``dL/dx = G * f'(x)`` (backward, ``G = dL/dy``) and the tangent
 ``dy = f'(x) * dx`` (jvp) are one and the same elementwise product. Each Function writes
-that product once, as its ``chain(ctx, v)``, and keeps the one tensor it reads;
+that product once, as its ``chain(v, kept)``, and keeps the one tensor it reads;
 :func:`_chain_rule` turns it into backward and jvp. All shapes are ``(*)``: any shape, 0-dim
 and empty included, the same for ``x``, ``y``, ``G`` and the tangents.
 """
@@ -18,6 +18,7 @@ from torch.autograd import Function
 from torch.nn import functional as F
 
 from manualgrad.ops._apply import ManualOp
+from manualgrad.ops._fused import fused
 
 __all__ = [
     "ManualReLUFunction",
@@ -42,18 +43,20 @@ __all__ = [
 
 
 def _chain_rule(chain: staticmethod):
-    """backward and jvp of an elementwise op, both from its ``chain(ctx, v) = v * f'(x)``."""
-    chain = chain.__func__  # the plain function: Dynamo cannot call a staticmethod object
+    """backward and jvp of an elementwise op, both from its ``chain(v, kept, *options) =
+    v * f'(x)``, a plain function of the tensor it keeps (and its options, ``ctx.options``),
+    fused into one loop on large eager tensors (:mod:`manualgrad.ops._fused`)."""
+    chain = fused(chain.__func__)  # the plain function: Dynamo cannot call a staticmethod
 
     def backward(ctx, grad_output: Tensor):
         if not ctx.needs_input_grad[0]:
             return (None,) * len(ctx.needs_input_grad)
         # G * conj(f'(x)): autograd's convention for complex x; conj() is a no-op for real x
-        grad_input = chain(ctx, grad_output.conj()).conj()
+        grad_input = chain(grad_output.conj(), *ctx.saved_tensors, *ctx.options).conj()
         return (grad_input,) + (None,) * (len(ctx.needs_input_grad) - 1)  # none for options
 
     def jvp(ctx, input_t: Tensor, *_):
-        output_t = chain(ctx, input_t)
+        output_t = chain(input_t, *ctx.saved_tensors, *ctx.options)
         if not ctx.inplace:
             return output_t
         # in place (the output is the input): so is its tangent, written into the input's;
@@ -65,11 +68,13 @@ def _chain_rule(chain: staticmethod):
     return staticmethod(backward), staticmethod(jvp)
 
 
-def _keep(ctx, kept: Tensor, dirty: Tensor | None = None) -> None:
-    """Keep ``kept``, the one tensor ``chain`` reads, for backward and jvp; ``dirty``: the
-    input an in-place forward overwrote (autograd then checks it and rebases its history)."""
+def _keep(ctx, kept: Tensor, dirty: Tensor | None = None, options: tuple = ()) -> None:
+    """Keep ``kept``, the one tensor ``chain`` reads, for backward and jvp, and the
+    ``options`` it takes after it; ``dirty``: the input an in-place forward overwrote
+    (autograd then checks it and rebases its history)."""
     ctx.save_for_backward(kept)
     ctx.save_for_forward(kept)
+    ctx.options = options
     ctx.inplace = dirty is not None
     if ctx.inplace:
         ctx.mark_dirty(dirty)
@@ -133,8 +138,7 @@ class ManualReLUFunction(_Elementwise):
         _keep(ctx, output, input if inplace else None)  # y
 
     @staticmethod
-    def chain(ctx, v: Tensor) -> Tensor:
-        (y,) = ctx.saved_tensors
+    def chain(v: Tensor, y: Tensor) -> Tensor:
         return v.masked_fill(y <= 0, 0)  # v 1[y > 0]  (*)
 
     backward, jvp = _chain_rule(chain)
@@ -166,8 +170,7 @@ class ManualTanhFunction(_Elementwise):
         _keep(ctx, output)  # y
 
     @staticmethod
-    def chain(ctx, v: Tensor) -> Tensor:
-        (y,) = ctx.saved_tensors
+    def chain(v: Tensor, y: Tensor) -> Tensor:
         return v * (1 - y * y)  # (*)
 
     backward, jvp = _chain_rule(chain)
@@ -200,8 +203,7 @@ class ManualSigmoidFunction(_Elementwise):
         _keep(ctx, output)  # y
 
     @staticmethod
-    def chain(ctx, v: Tensor) -> Tensor:
-        (y,) = ctx.saved_tensors
+    def chain(v: Tensor, y: Tensor) -> Tensor:
         return v * (1 - y) * y  # (*)
 
     backward, jvp = _chain_rule(chain)
@@ -243,13 +245,11 @@ class ManualGELUFunction(_Elementwise):
     @staticmethod
     def setup_context(ctx, inputs, output):
         input, approximate = inputs
-        _keep(ctx, input)  # x
-        ctx.approximate = approximate
+        _keep(ctx, input, options=(approximate,))  # x
 
     @staticmethod
-    def chain(ctx, v: Tensor) -> Tensor:
-        (x,) = ctx.saved_tensors
-        if ctx.approximate == "none":
+    def chain(v: Tensor, x: Tensor, approximate: str) -> Tensor:
+        if approximate == "none":
             cdf = 0.5 * (1 + torch.erf(x * _SQRT_HALF))  # Phi(x)
             # phi(x); exp_ in place: CUDA autocast runs exp() in float32, not exp_()
             pdf = (-0.5 * x * x).exp_() * _INV_SQRT_2PI
@@ -301,8 +301,7 @@ class ManualSiLUFunction(_Elementwise):
             _keep(ctx, original, input)  # x, copied before the write
 
     @staticmethod
-    def chain(ctx, v: Tensor) -> Tensor:
-        (x,) = ctx.saved_tensors
+    def chain(v: Tensor, x: Tensor) -> Tensor:
         s = torch.sigmoid(x)
         return v * s * (1 + x * (1 - s))  # (*)
 

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd import Function
 
-from manualgrad.ops import _torch_private
+from manualgrad.ops import _fused, _torch_private
 from manualgrad.ops._apply import ManualOp
 
 __all__ = ["ManualDropoutFunction", "ManualDropoutInplaceFunction", "dropout", "ManualDropout"]
@@ -78,12 +78,12 @@ class ManualDropoutFunction(Function):
         if grad_output is None or not ctx.needs_input_grad[0]:
             return None, None, None
         (mask,) = ctx.saved_tensors
-        return grad_output * _scaled(mask, ctx.p, grad_output.dtype), None, None
+        return _masked(grad_output, mask, ctx.p), None, None  # G * M / (1 - p)
 
     @staticmethod
     def jvp(ctx, input_t: Tensor, _p: None, _fused: None):
         (mask,) = ctx.saved_tensors
-        return input_t * _scaled(mask, ctx.p, input_t.dtype), None
+        return _masked(input_t, mask, ctx.p), None  # dX * M / (1 - p)
 
 
 class ManualDropoutInplaceFunction(Function):
@@ -129,6 +129,12 @@ def _scaled(mask: Tensor, p: float, dtype: torch.dtype) -> Tensor:
     native forward makes its noise with, so ``G * noise`` is native's gradient to the bit."""
     noise = mask.to(dtype)
     return noise if p == 1 else noise / (1 - p)
+
+
+@_fused.fused  # (not the forward's `fused` flag: that picks native's dropout kernel)
+def _masked(v: Tensor, mask: Tensor, p: float) -> Tensor:
+    """``v * M / (1 - p)``: the rule of backward and jvp (fused on large eager tensors)."""
+    return v * _scaled(mask, p, v.dtype)
 
 
 def _draw_mask(input: Tensor, p: float) -> Tensor:

@@ -78,12 +78,13 @@ class ManualEmbeddingFunction(Function):
             grad_weight = _sparse_grad(idx, grad, num_weights, pad, ctx.scale_grad_by_freq)
             return None, grad_weight, None, None, None
         if ctx.scale_grad_by_freq:
-            counts = idx.new_zeros(num_weights).index_add(0, idx, torch.ones_like(idx))  # (V,)
+            counts = idx.new_zeros(num_weights).index_add_(0, idx, torch.ones_like(idx))  # (V,)
             scale = counts.index_select(0, idx).to(grad.dtype).reciprocal()  # 1/count  (N,)
             grad = grad * scale.unsqueeze(1)  # (N, D)
-        grad_weight = grad.new_zeros(num_weights, grad.shape[1]).index_add(0, idx, grad)  # (V, D)
+        # in place into fresh zeros: an out-of-place index_add would copy the (V, D) zeros first
+        grad_weight = grad.new_zeros(num_weights, grad.shape[1]).index_add_(0, idx, grad)  # (V, D)
         if pad >= 0:
-            grad_weight = grad_weight.index_fill(0, idx.new_full((1,), pad), 0)  # pad row: 0
+            grad_weight.index_fill_(0, idx.new_full((1,), pad), 0)  # pad row: 0
         return None, grad_weight, None, None, None
 
     @staticmethod

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.autograd import Function
 
 from manualgrad.ops._apply import ManualOp, autocast_dtype
+from manualgrad.ops._fused import fused
 
 __all__ = ["ManualLayerNormFunction", "layer_norm", "ManualLayerNorm"]
 
@@ -83,21 +84,16 @@ class ManualLayerNormFunction(Function):
 
     @staticmethod
     def backward(ctx, grad_out: Tensor | None, grad_mean: Tensor | None, grad_rstd: Tensor | None):
-        input, weight, mean, rstd = ctx.saved_tensors
         need_input, _, need_weight, need_bias, _ = ctx.needs_input_grad
-        shape, (weight_dtype, bias_dtype) = ctx.normalized_shape, ctx.param_dtypes
-        g = None if grad_out is None else _rows(grad_out, shape)  # G  (N, D)
-        grad_input = grad_weight = grad_bias = None
-        if need_bias and g is not None:
-            grad_bias = g.to(_acc(g)).sum(0).view(shape).to(bias_dtype)  # sum of G over rows  S
-        if need_input or need_weight:
-            xhat, r = _normalized(input, mean, rstd, shape)  # (N, D), (N, 1)
-            g = None if g is None else g.to(xhat.dtype)
-            if need_weight and g is not None:
-                grad_weight = (g * xhat).sum(0).view(shape).to(weight_dtype)  # S
-            if need_input:
-                grad = _grad_input(g, weight, xhat, r, grad_mean, grad_rstd)  # (N, D)
-                grad_input = None if grad is None else grad.to(input.dtype).reshape(input.shape)
+        grad_input, grad_weight, grad_bias = _vjp(
+            grad_out,
+            *ctx.saved_tensors,
+            grad_mean,
+            grad_rstd,
+            ctx.normalized_shape,
+            (need_input, need_weight, need_bias),
+            ctx.param_dtypes,
+        )
         return grad_input, None, grad_weight, grad_bias, None
 
     @staticmethod
@@ -123,6 +119,38 @@ class ManualLayerNormFunction(Function):
             mean_t.to(mean.dtype).reshape(mean.shape),
             rstd_t.to(rstd.dtype).reshape(rstd.shape),
         )
+
+
+@fused
+def _vjp(
+    grad_out: Tensor | None,
+    input: Tensor | None,
+    weight: Tensor | None,
+    mean: Tensor | None,
+    rstd: Tensor | None,
+    grad_mean: Tensor | None,
+    grad_rstd: Tensor | None,
+    shape: tuple[int, ...],
+    needs: tuple[bool, bool, bool],
+    param_dtypes: tuple[torch.dtype | None, torch.dtype | None],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """``(dL/dx, dL/dw, dL/db)``, each None unless ``needs`` asks for it: the backward's
+    formulas, a plain function of the saved tensors (fused on large eager tensors)."""
+    need_input, need_weight, need_bias = needs
+    (weight_dtype, bias_dtype) = param_dtypes
+    g = None if grad_out is None else _rows(grad_out, shape)  # G  (N, D)
+    grad_input = grad_weight = grad_bias = None
+    if need_bias and g is not None:
+        grad_bias = g.to(_acc(g)).sum(0).view(shape).to(bias_dtype)  # sum of G over rows  S
+    if need_input or need_weight:
+        xhat, r = _normalized(input, mean, rstd, shape)  # (N, D), (N, 1)
+        g = None if g is None else g.to(xhat.dtype)
+        if need_weight and g is not None:
+            grad_weight = (g * xhat).sum(0).view(shape).to(weight_dtype)  # S
+        if need_input:
+            grad = _grad_input(g, weight, xhat, r, grad_mean, grad_rstd)  # (N, D)
+            grad_input = None if grad is None else grad.to(input.dtype).reshape(input.shape)
+    return grad_input, grad_weight, grad_bias
 
 
 def _grad_input(

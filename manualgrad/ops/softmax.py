@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.autograd import Function
 
 from manualgrad.ops._apply import ManualOp, autocast_dtype, warn_traceable
+from manualgrad.ops._fused import fused
 
 __all__ = [
     "ManualSoftmaxFunction",
@@ -89,10 +90,18 @@ class ManualSoftmaxFunction(_KeepsOutput):
         return output_t.to(output.dtype)  # CUDA autocast would widen the sum to float32
 
 
+@fused
 def _symmetric_jacobian_product(y: Tensor, v: Tensor, dim: int) -> Tensor:
     """``(diag(y) - y y^T) v`` on every slice along ``dim``: ``y * (v - sum(y * v))``."""
     yv = y * v  # (*)
     return torch.addcmul(yv, y, yv.sum(dim, keepdim=True), value=-1)  # y v - y sum(y v)  (*)
+
+
+@fused
+def _log_softmax_vjp(g: Tensor, z: Tensor, dim: int) -> Tensor:
+    """``J^T g = g - exp(z) sum(g)`` on every slice along ``dim``."""
+    total = g.sum(dim, keepdim=True)  # sum(G): size 1 along dim
+    return torch.addcmul(g, z.exp(), total, value=-1)  # G - p sum(G)  (*)
 
 
 class ManualLogSoftmaxFunction(_KeepsOutput):
@@ -130,8 +139,7 @@ class ManualLogSoftmaxFunction(_KeepsOutput):
         (output,) = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None
-        total = grad_output.sum(ctx.dim, keepdim=True)  # sum(G): size 1 along dim
-        grad_input = torch.addcmul(grad_output, output.exp(), total, value=-1)  # G - p sum(G)
+        grad_input = _log_softmax_vjp(grad_output, output, ctx.dim)  # G - p sum(G)
         return grad_input.to(ctx.input_dtype), None, None
 
     @staticmethod
