@@ -1,3 +1,4 @@
+import copy
 import io
 
 import pytest
@@ -167,3 +168,22 @@ def test_wrong_in_features_names_both_sizes():
 def test_bad_input(args, pattern):
     with pytest.raises(RuntimeError, match=pattern):
         linear(*args)
+
+
+@pytest.mark.parametrize("shape", [(4, 5, 8), (2, 3, 4, 8), (0, 3, 8)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_batched_output_can_be_modified_in_place_like_native(shape, bias):
+    """A (*, in) input gives an output that is not a view, as F.linear's is not to autograd:
+    an in-place op next (ReLU(inplace=True)) works, with native's outputs and gradients."""
+    torch.manual_seed(0)
+    native = nn.Sequential(nn.Linear(8, 6, bias=bias), nn.ReLU(inplace=True), nn.Linear(6, 2))
+    manual = copy.deepcopy(native)
+    manualgrad.replace_modules(manual)
+    x = torch.randn(*shape, requires_grad=True)
+    out_n, out_m = native(x), manual(x)
+    assert out_m._base is None
+    torch.testing.assert_close(out_m, out_n, rtol=0, atol=0)
+    grads_n = torch.autograd.grad(out_n.sum(), [x, *native.parameters()])
+    grads_m = torch.autograd.grad(out_m.sum(), [x, *manual.parameters()])
+    for gm, gn in zip(grads_m, grads_n, strict=True):
+        torch.testing.assert_close(gm, gn)

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from torch.autograd import Function
 from torch.nn import functional as F
 
+from manualgrad.ops import _torch_private
 from manualgrad.ops._apply import ManualOp, autocast_dtype
 
 __all__ = ["ManualLinearFunction", "linear", "ManualLinear"]
@@ -42,7 +43,19 @@ class ManualLinearFunction(Function):
 
     @staticmethod
     def forward(input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        return F.linear(input, weight, bias)
+        if input.dim() <= 2 or torch.compiler.is_compiling() or _torch_private.functorch_active():
+            return F.linear(input, weight, bias)
+        # (*, in) input: F.linear would return its (N, out) product reshaped, a view, and a
+        # view of a tensor made inside a Function cannot be modified in place later (say by
+        # a ReLU(inplace=True)). So the same product is written into a (*, out) tensor.
+        out_features = weight.shape[0]
+        output = input.new_empty(*input.shape[:-1], out_features)
+        rows, flat = input.reshape(-1, input.shape[-1]), output.view(-1, out_features)
+        if bias is None:
+            torch.mm(rows, weight.t(), out=flat)  # X W^T  (N, out)
+        else:
+            torch.addmm(bias, rows, weight.t(), out=flat)  # X W^T + b  (N, out)
+        return output
 
     @staticmethod
     def setup_context(ctx, inputs, output):
