@@ -14,6 +14,7 @@ from manualgrad.convert import (
     restore_linear,
     restore_modules,
 )
+from manualgrad.explain import Explanation, explain
 from manualgrad.ops.activations import (
     ManualGELU,
     ManualGELUFunction,
@@ -26,6 +27,7 @@ from manualgrad.ops.activations import (
     ManualTanh,
     ManualTanhFunction,
 )
+from manualgrad.ops.attention import ManualAttentionFunction
 from manualgrad.ops.cross_entropy import (
     ManualCrossEntropyFunction,
     ManualCrossEntropyLoss,
@@ -38,19 +40,25 @@ from manualgrad.ops.dropout import (
     ManualDropoutInplaceFunction,
 )
 from manualgrad.ops.embedding import ManualEmbedding, ManualEmbeddingFunction
+from manualgrad.ops.hf_conv1d import ManualConv1DFunction
 from manualgrad.ops.layer_norm import ManualLayerNorm, ManualLayerNormFunction
 from manualgrad.ops.linear import ManualLinear, ManualLinearFunction
 from manualgrad.ops.mse import ManualMSEFunction, ManualMSELoss
+from manualgrad.ops.multihead import ManualMultiheadAttention
 from manualgrad.ops.softmax import (
     ManualLogSoftmax,
     ManualLogSoftmaxFunction,
     ManualSoftmax,
     ManualSoftmaxFunction,
 )
+from manualgrad.ops.transformer import ManualTransformerDecoderLayer, ManualTransformerEncoderLayer
 
 __all__ = [
     "ConversionReport",
+    "Explanation",
     "GradientReport",
+    "ManualAttentionFunction",
+    "ManualConv1DFunction",
     "ManualCrossEntropyFunction",
     "ManualCrossEntropyLoss",
     "ManualDropout",
@@ -68,6 +76,7 @@ __all__ = [
     "ManualLogSoftmaxFunction",
     "ManualMSEFunction",
     "ManualMSELoss",
+    "ManualMultiheadAttention",
     "ManualNLLLoss",
     "ManualNLLLossFunction",
     "ManualReLU",
@@ -80,9 +89,12 @@ __all__ = [
     "ManualSoftmaxFunction",
     "ManualTanh",
     "ManualTanhFunction",
+    "ManualTransformerDecoderLayer",
+    "ManualTransformerEncoderLayer",
     "backward_coverage",
     "check_gradients",
     "conversion_report",
+    "explain",
     "functional",
     "hand_derived_nodes",
     "replace_linear",

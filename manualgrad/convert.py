@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from manualgrad import registry
+from manualgrad.ops.transformer import native_activation_reason
 
 __all__ = [
     "ConversionReport",
@@ -93,6 +94,7 @@ class ConversionReport:
         for m in self.modules:
             names = " = ".join(repr(name) for name in m.names)
             state = "manual" if m.converted else f"native: {m.reason}"
+            state += f"; {m.reason}" if m.converted and m.reason else ""
             lines.append(f"  {names} ({m.type_name}) {state}")
         return "\n".join(lines)
 
@@ -171,6 +173,22 @@ def _reason(module: nn.Module, parents: list[nn.Module], excluded: bool) -> str:
     return _EXCLUDED if excluded else f"plain nn.{family.__name__}, not converted"
 
 
+def _partly_native(module: nn.Module) -> str:
+    """What of a manual module's own forward runs on native autograd, and why ("" if
+    nothing): a Transformer layer's activation function without a hand-derived form."""
+    if isinstance(module, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
+        return native_activation_reason(module)
+    return ""
+
+
+def _projection_of_manual(module: nn.Module, parents: list[nn.Module]) -> bool:
+    """Whether ``module`` is the ``out_proj`` of a manual MultiheadAttention: its own
+    forward never runs, but the manual attention reads its weight through ManualLinear."""
+    return isinstance(module, nn.Linear) and any(
+        isinstance(p, nn.MultiheadAttention) and registry.is_manual(p) for p in parents
+    )
+
+
 def _listed(module: nn.Module) -> bool:
     """Whether the report lists ``module``: it computes something itself."""
     if isinstance(module, _CONTAINERS):
@@ -183,8 +201,12 @@ def _rows(model: nn.Module, excluded: set[int]) -> list[tuple[nn.Module, ModuleS
     for module, names, parents in _aliases(model).values():
         if not _listed(module):
             continue
-        converted = registry.is_manual(module)
-        reason = "" if converted else _reason(module, parents, id(module) in excluded)
+        converted = registry.is_manual(module) or _projection_of_manual(module, parents)
+        reason = (
+            _partly_native(module)
+            if converted
+            else _reason(module, parents, id(module) in excluded)
+        )
         rows.append((module, ModuleStatus(tuple(names), type(module).__name__, converted, reason)))
     return rows
 
@@ -196,6 +218,7 @@ def conversion_report(model: nn.Module) -> ConversionReport:
     weight your own code reads directly (``F.linear(x, self.fc.weight)``) never calls that
     forward; :func:`manualgrad.check_gradients` shows which modules really ran.
     """
+    registry.load_lazy()
     return ConversionReport(tuple(status for _, status in _rows(model, set())))
 
 
@@ -234,7 +257,7 @@ def _convert(
     rows = [status for module, status in _rows(model, excluded) if isinstance(module, scope)]
     left: dict[str, list[str]] = {}  # reason -> names left native, filter_fn's aside
     for m in rows:
-        if not m.converted and m.reason != _EXCLUDED:
+        if m.reason and m.reason != _EXCLUDED:  # a manual module may be partly native
             left.setdefault(m.reason, []).append(m.name or "<model>")
     msg = f"{caller}: converted {_plural(swapped, 'module')}; "
     msg += f"{sum(m.converted for m in rows)} of {len(rows)} {what} are manual"
@@ -267,6 +290,7 @@ def replace_modules(model: nn.Module, filter_fn: FilterFn | None = None) -> nn.M
         >>> type(model[0]).__name__
         'ManualLinear'
     """
+    registry.load_lazy()  # the table reads below: rows of optional libraries imported by now
     _convert(
         model, dict(registry.MANUAL_CLASSES), filter_fn, "replace_modules", nn.Module, "modules"
     )
@@ -279,6 +303,7 @@ def restore_modules(model: nn.Module, filter_fn: FilterFn | None = None) -> nn.M
     parameters, hooks and parametrizations. ``filter_fn`` as in :func:`replace_modules`.
     Returns ``model``.
     """
+    registry.load_lazy()
     pairs = {manual: native for native, manual in registry.MANUAL_CLASSES.items()}
     swapped, _ = _swap(model, pairs, filter_fn)
     _log.info("restore_modules: restored %s to their native classes", _plural(swapped, "module"))

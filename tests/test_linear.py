@@ -170,7 +170,7 @@ def test_bad_input(args, pattern):
         linear(*args)
 
 
-@pytest.mark.parametrize("shape", [(4, 5, 8), (2, 3, 4, 8), (0, 3, 8)])
+@pytest.mark.parametrize("shape", [(4, 5, 8), (2, 3, 4, 8), (0, 3, 8), (0, 0, 8)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_batched_output_can_be_modified_in_place_like_native(shape, bias):
     """A (*, in) input gives an output that is not a view, as F.linear's is not to autograd:

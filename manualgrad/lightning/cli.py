@@ -166,7 +166,12 @@ def main() -> None:
     Bad input ends in one error line and exit status 1 (2 for command-line errors, which the
     parser reports), not a traceback; ``JSONARGPARSE_DEBUG=true`` shows the traceback.
     Ctrl+C or SIGTERM during fit ends with exit status 130 or 143 (see ``GracefulStop``).
+    ``manualgrad explain`` is :mod:`manualgrad.lightning.explain_cli`.
     """
+    if sys.argv[1:2] == ["explain"]:
+        from manualgrad.lightning.explain_cli import main as explain
+
+        sys.exit(explain(sys.argv[2:]))
     try:
         run()
     except NonFiniteError as error:

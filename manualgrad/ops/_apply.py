@@ -31,15 +31,23 @@ a wrong gradient.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import warnings
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.autograd import Function
 
 from manualgrad.ops import _torch_private
 
-__all__ = ["ManualOp", "autocast_dtype", "hand_derived_function", "warn_traceable"]
+__all__ = [
+    "ManualOp",
+    "autocast_dtype",
+    "hand_derived_function",
+    "recording",
+    "warn_traceable",
+]
 
 
 #: every Function run through a :class:`ManualOp`: the hand-derived ones
@@ -100,7 +108,27 @@ class ManualOp:
             return self.traceable.apply(*args)
         if active:
             return self.function.apply(*args)
+        if _recorder is not None:  # manualgrad.explain is recording this forward
+            return _recorder(self, args)
         return self.eager.apply(*args)
+
+
+#: what :func:`recording` installed (None: plain eager runs as it is; one global check)
+_recorder: Callable[[ManualOp, tuple], object] | None = None
+
+
+@contextlib.contextmanager
+def recording(recorder: Callable[[ManualOp, tuple], object]) -> Iterator[None]:
+    """While in the block, every plain-eager call of a :class:`ManualOp` is handed to
+    ``recorder(op, args)``, which must run ``op.eager.apply(*args)`` and return its result
+    (:func:`manualgrad.explain` records each call's Function, arguments and outputs). Calls
+    under torch.func transforms or torch.compile are not recorded."""
+    global _recorder
+    previous, _recorder = _recorder, recorder
+    try:
+        yield
+    finally:
+        _recorder = previous
 
 
 def _apply(fn_cls: type[Function], *args):

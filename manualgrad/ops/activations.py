@@ -125,6 +125,11 @@ class ManualReLUFunction(_Elementwise):
     (ICML 2010); PyTorch's ``threshold_backward``.
     """
 
+    #: each gradient's formula, by forward argument (shown by manualgrad.explain)
+    formulas = {
+        "input": "dL/dx = G where y > 0, else 0  (*)",
+    }
+
     @staticmethod
     def forward(input: Tensor, inplace: bool) -> Tensor:
         if not inplace:
@@ -161,6 +166,11 @@ class ManualTanhFunction(_Elementwise):
     Reference: any calculus text, ``d tanh/dx = sech^2 x``; PyTorch's ``tanh_backward``.
     """
 
+    #: each gradient's formula, by forward argument (shown by manualgrad.explain)
+    formulas = {
+        "input": "dL/dx = G (1 - y^2)  (*)",
+    }
+
     @staticmethod
     def forward(input: Tensor) -> Tensor:
         return torch.tanh(input)
@@ -193,6 +203,11 @@ class ManualSigmoidFunction(_Elementwise):
     Reference: Bishop, *Pattern Recognition and Machine Learning* (2006), eq. 4.88;
     PyTorch's ``sigmoid_backward``.
     """
+
+    #: each gradient's formula, by forward argument (shown by manualgrad.explain)
+    formulas = {
+        "input": "dL/dx = G (1 - y) y  (*)",
+    }
 
     @staticmethod
     def forward(input: Tensor) -> Tensor:
@@ -237,6 +252,11 @@ class ManualGELUFunction(_Elementwise):
     Reference: Hendrycks & Gimpel, *Gaussian Error Linear Units (GELUs)*, arXiv:1606.08415;
     PyTorch's ``gelu_backward``.
     """
+
+    #: each gradient's formula, by forward argument (shown by manualgrad.explain)
+    formulas = {
+        "input": "dL/dx = G (Phi(x) + x phi(x)) ('tanh': G ((1 + tanh u)/2 + x/2 sech^2 u du/dx))",
+    }
 
     @staticmethod
     def forward(input: Tensor, approximate: str) -> Tensor:
@@ -284,6 +304,11 @@ class ManualSiLUFunction(_Elementwise):
     Reference: Elfwing, Uchibe & Doya, *Sigmoid-Weighted Linear Units for Neural Network
     Function Approximation in Reinforcement Learning* (2018); PyTorch's ``silu_backward``.
     """
+
+    #: each gradient's formula, by forward argument (shown by manualgrad.explain)
+    formulas = {
+        "input": "dL/dx = G s (1 + x (1 - s)), s = sigmoid(x)  (*)",
+    }
 
     @staticmethod
     def forward(input: Tensor, original: Tensor | None) -> Tensor:

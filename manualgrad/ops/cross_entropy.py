@@ -60,6 +60,11 @@ class ManualNLLLossFunction(Function):
     PyTorch's ``aten/src/ATen/native/LossNLL.cpp``.
     """
 
+    #: each gradient's formula, by forward argument (shown by manualgrad.explain)
+    formulas = {
+        "input": "dL/dX[n, j] = -w[y_n] g / W [j = y_n] ('sum': no / W)  (N, C, *)",
+    }
+
     generate_vmap_rule = True
 
     @staticmethod
@@ -153,6 +158,13 @@ class ManualCrossEntropyFunction(Function):
     ``aten/src/ATen/native/LossNLL.cpp`` (``cross_entropy_loss_label_smoothing`` and
     ``cross_entropy_loss_prob_target``: the weights and 'mean' conventions matched here).
     """
+
+    #: each gradient's formula, by forward argument (shown by manualgrad.explain)
+    formulas = {
+        "input": "dL/dX = r (p s - a), r = g / W (or g / R)  (N, C, *)",
+        "target": "dL/dq = -(1 - e) r w log p  (N, C, *)",
+        "weight": "dL/dw = -sum over n, * of r q' log p  (C,)",
+    }
 
     generate_vmap_rule = True
 

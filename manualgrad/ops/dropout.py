@@ -50,6 +50,11 @@ class ManualDropoutFunction(Function):
     only. Under torch.compile the RNG is the compiler's: another mask, the same rule.
     """
 
+    #: each gradient's formula, by forward argument (shown by manualgrad.explain)
+    formulas = {
+        "input": "dL/dX = G * M / (1 - p)  (*)",
+    }
+
     generate_vmap_rule = True
 
     @staticmethod
@@ -98,6 +103,11 @@ class ManualDropoutInplaceFunction(Function):
     (no gradient), so saving it as an input is right, and double backward stays right.
     Saved: ``M``, 1 byte per element; native keeps ``M / (1 - p)`` in ``X``'s dtype.
     """
+
+    #: each gradient's formula, by forward argument (shown by manualgrad.explain)
+    formulas = {
+        "input": "dL/dX = G * M / (1 - p)  (*)",
+    }
 
     generate_vmap_rule = True
 

@@ -50,6 +50,18 @@ class ManualEmbeddingFunction(Function):
     (aten/src/ATen/native/Embedding.cpp), whose semantics this reproduces.
     """
 
+    #: each gradient's formula, by forward argument (shown by manualgrad.explain)
+    formulas = {
+        "weight": "dL/dW[v] = sum of G[n] over the n with idx[n] = v, 0 at padding_idx  (V, D)",
+    }
+    #: what native autograd differentiates to check this backward (manualgrad.explain): the
+    #: forward leaves padding_idx, scale_grad_by_freq and sparse to the backward
+    native = staticmethod(
+        lambda input, weight, padding_idx, scale_grad_by_freq, sparse: torch.embedding(
+            weight, input, padding_idx, scale_grad_by_freq, sparse
+        )
+    )
+
     generate_vmap_rule = True
 
     @staticmethod

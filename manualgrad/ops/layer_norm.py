@@ -53,6 +53,13 @@ class ManualLayerNormFunction(Function):
     the bit and any difference lies in the backward.
     """
 
+    #: each gradient's formula, by forward argument (shown by manualgrad.explain)
+    formulas = {
+        "input": "dL/dx = r (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), dxhat = G w  (N, D)",
+        "weight": "dL/dw = sum of G * xhat over rows  (D,)",
+        "bias": "dL/db = sum of G over rows  (D,)",
+    }
+
     generate_vmap_rule = True
 
     @staticmethod

@@ -39,18 +39,33 @@ class ManualLinearFunction(Function):
     layer uses, so outputs agree to the bit and any difference lies in the backward.
     """
 
+    #: each gradient's formula, by forward argument (shown by manualgrad.explain)
+    formulas = {
+        "input": "dL/dX = G W  (*, in)",
+        "weight": "dL/dW = G^T X, summed over leading dims  (out, in)",
+        "bias": "dL/db = sum of G over leading dims  (out,)",
+    }
+
     generate_vmap_rule = True
 
     @staticmethod
     def forward(input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        if input.dim() <= 2 or torch.compiler.is_compiling() or _torch_private.functorch_active():
-            return F.linear(input, weight, bias)
         # (*, in) input: F.linear would return its (N, out) product reshaped, a view, and a
         # view of a tensor made inside a Function cannot be modified in place later (say by
-        # a ReLU(inplace=True)). So the same product is written into a (*, out) tensor.
+        # a ReLU(inplace=True)). So the same product is written into a (*, out) tensor,
+        # where that is a plain eager Function call (grad mode is off inside one; it is on
+        # where manualgrad.explain differentiates this forward natively).
+        if (
+            input.dim() <= 2
+            or torch.is_grad_enabled()
+            or torch.compiler.is_compiling()
+            or _torch_private.functorch_active()
+        ):
+            return F.linear(input, weight, bias)
         out_features = weight.shape[0]
         output = input.new_empty(*input.shape[:-1], out_features)
-        rows, flat = input.reshape(-1, input.shape[-1]), output.view(-1, out_features)
+        n = input.shape[:-1].numel()  # N (explicit: -1 is ambiguous with zero-size shapes)
+        rows, flat = input.reshape(n, input.shape[-1]), output.view(n, out_features)
         if bias is None:
             torch.mm(rows, weight.t(), out=flat)  # X W^T  (N, out)
         else:

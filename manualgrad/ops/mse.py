@@ -42,6 +42,12 @@ class ManualMSEFunction(Function):
     Forward-mode (jvp): ``dD = d y_hat - d y`` and ``dL = reduce(2 D dD)``.
     """
 
+    #: each gradient's formula, by forward argument (shown by manualgrad.explain)
+    formulas = {
+        "input": "dL/dy_hat = 2 (y_hat - y) g / N ('sum': no / N), summed to y_hat's shape  (S)",
+        "target": "dL/dy = -2 (y_hat - y) g / N ('sum': no / N), summed to y's shape  (S)",
+    }
+
     generate_vmap_rule = True
 
     @staticmethod

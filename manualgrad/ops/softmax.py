@@ -71,6 +71,11 @@ class ManualSoftmaxFunction(_KeepsOutput):
     Machine Learning* (2006), eq. 4.106; PyTorch's ``_softmax_backward_data``.
     """
 
+    #: each gradient's formula, by forward argument (shown by manualgrad.explain)
+    formulas = {
+        "input": "dL/dX = Y * (G - sum(G * Y, dim, keepdim=True))  (*)",
+    }
+
     @staticmethod
     def forward(input: Tensor, dim: int, dtype: torch.dtype | None) -> Tensor:
         return input.softmax(dim) if dtype is None else input.softmax(dim, dtype=dtype)
@@ -129,6 +134,11 @@ class ManualLogSoftmaxFunction(_KeepsOutput):
     Reference: Goodfellow, Bengio, Courville, *Deep Learning* (2016), section 6.2.2.3;
     PyTorch's ``_log_softmax_backward_data``.
     """
+
+    #: each gradient's formula, by forward argument (shown by manualgrad.explain)
+    formulas = {
+        "input": "dL/dX = G - exp(Z) * sum(G, dim, keepdim=True)  (*)",
+    }
 
     @staticmethod
     def forward(input: Tensor, dim: int, dtype: torch.dtype | None) -> Tensor:

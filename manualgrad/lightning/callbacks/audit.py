@@ -8,6 +8,7 @@ import copy
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.loggers import TensorBoardLogger
 from torch import Tensor, nn
 
 import manualgrad
@@ -45,6 +46,13 @@ class GradientAudit(Callback):
       nodes with math in them (views, reshapes and the like are neither; see
       :func:`manualgrad.check.backward_coverage`). With every op hand-derived the second is 0.
 
+    - ``audit/op_max_abs_diff/<Function>`` (one tag per hand-derived op type): each op's
+      *local* difference, its own vector-Jacobian product against native autograd's from
+      the same inputs and incoming gradient (:func:`manualgrad.explain`): it names the op
+      whose derivation is wrong, where the differences above name the parameters.
+    - with a TensorBoard logger, ``audit/grad/<parameter>``: a histogram of each gradient,
+      and on the first audited step ``audit/explain``: the explanation's table as text.
+
     Float32 round-off puts both differences near 1e-7; a wrong derivative shows up as order 1.
     :attr:`last` holds the latest audit's values, and under ``"coverage"`` its text
     (``"hand-derived 5 of 5 backward nodes; native: none"``).
@@ -70,6 +78,8 @@ class GradientAudit(Callback):
         self._batch = None
         self._rng: tuple[Tensor, list[int], list[Tensor]] | None = None
         self._twin: tuple[nn.Module, nn.Module] | None = None
+        #: the latest audited step's :func:`manualgrad.explain` (None before the first)
+        self.explanation: manualgrad.Explanation | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if not self.every_n_steps or stage != "fit":
@@ -108,8 +118,33 @@ class GradientAudit(Callback):
         # Straight to the loggers, once, at this step: a value given to `self.log` here would
         # be logged again on the following steps.
         metrics = {f"audit/{k}": v for k, v in self.last.items() if not isinstance(v, str)}
+        explanation = self._explain(pl_module, batch)
+        metrics |= _op_differences(explanation)
         for logger in trainer.loggers:
             logger.log_metrics(metrics, trainer.global_step)
+        self._log_tensorboard(trainer, pl_module, explanation, first=self.explanation is None)
+        self.explanation = explanation
+
+    def _explain(self, pl_module, batch) -> manualgrad.Explanation:
+        """:func:`manualgrad.explain` of the step's batch, from the step's random state."""
+        x, y = batch
+        with torch.random.fork_rng(devices=self._rng[1]):
+            self._replay_rng()
+            return manualgrad.explain(pl_module.net, x, target=y, loss_fn=pl_module.loss_fn)
+
+    def _log_tensorboard(self, trainer, pl_module, explanation, first: bool) -> None:
+        """Histograms of the gradients the optimizer is about to use, and (on the first audit)
+        the explanation as text, for each TensorBoard logger."""
+        for logger in trainer.loggers:
+            if not isinstance(logger, TensorBoardLogger):
+                continue
+            writer = logger.experiment
+            for name, p in pl_module.named_parameters():
+                if p.grad is not None:
+                    writer.add_histogram(f"audit/grad/{name}", p.grad.detach(), trainer.global_step)
+            if first:
+                text = "\n".join("    " + line for line in str(explanation).splitlines())
+                writer.add_text("audit/explain", text, trainer.global_step)
 
     def _audit(self, trainer, pl_module, batch) -> tuple[float, float, Coverage]:
         if self._twin is None:
@@ -144,6 +179,17 @@ class GradientAudit(Callback):
         torch.set_rng_state(cpu_state)
         for device, state in zip(cuda, cuda_states, strict=True):
             torch.cuda.set_rng_state(state, device)
+
+
+def _op_differences(explanation: manualgrad.Explanation) -> dict[str, float]:
+    """``audit/op_max_abs_diff/<Function>``: per hand-derived op type, the largest local
+    difference from native autograd's vector-Jacobian product (see :func:`manualgrad.explain`)."""
+    diffs: dict[str, float] = {}
+    for row in explanation.rows:
+        if row.hand_derived and row.max_abs_diff is not None:
+            tag = f"audit/op_max_abs_diff/{row.op}"
+            diffs[tag] = max(diffs.get(tag, 0.0), row.max_abs_diff)
+    return diffs
 
 
 def _max_abs(t: Tensor) -> float:
