@@ -21,7 +21,9 @@ from manualgrad.lightning.data import (
     SplitData,
     TutorialData,
 )
+from manualgrad.lightning.gpt import TinyGPT
 from manualgrad.lightning.model import Classifier, Regressor, build_network
+from manualgrad.lightning.sequence_data import SortData
 
 __all__ = [
     "CSVData",
@@ -34,8 +36,10 @@ __all__ = [
     "RegressionData",
     "Regressor",
     "SineData",
+    "SortData",
     "SpiralData",
     "SplitData",
+    "TinyGPT",
     "TutorialData",
     "build_network",
     "native_twin",

@@ -12,6 +12,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch import Tensor
 
 from manualgrad.lightning.data import LinearData
+from manualgrad.lightning.gpt import TinyGPT
 from manualgrad.lightning.model import Classifier, Regressor
 
 __all__ = ["fit_report", "shown_path", "write_predictions"]
@@ -37,9 +38,10 @@ def fit_report(
             truth = f" (data: y = {datamodule.slope:g} x + {datamodule.intercept:g})"
         lines.append(f"Learned weight = {weight:.4f}, bias = {bias:.4f}{truth}")
     metrics = trainer.callback_metrics
-    if isinstance(model, Classifier):
+    if isinstance(model, (Classifier, TinyGPT)):
         if "val/acc" in metrics:
-            lines.append(f"Final validation accuracy = {metrics['val/acc'].item():.2%}")
+            what = " (exact sequence, greedy decoding)" if isinstance(model, TinyGPT) else ""
+            lines.append(f"Final validation accuracy{what} = {metrics['val/acc'].item():.2%}")
         if "val/loss" in metrics:
             lines.append(f"Final validation cross-entropy = {metrics['val/loss'].item():.6g}")
     elif "val/loss" in metrics:
