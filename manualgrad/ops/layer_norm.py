@@ -176,7 +176,8 @@ def _grad_input(
         dxhat = g if weight is None else g * weight.reshape(-1).to(g.dtype)  # G * w  (N, D)
         mean_dxhat = dxhat.mean(1, keepdim=True)  # (N, 1)
         mean_dxhat_xhat = (dxhat * xhat).mean(1, keepdim=True)  # (N, 1)
-        terms.append(r * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat))
+        # r (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), the last two terms in one addcmul
+        terms.append(r * torch.addcmul(dxhat - mean_dxhat, xhat, mean_dxhat_xhat, value=-1))
     d = max(xhat.shape[1], 1)  # D (max: an empty row has an empty gradient)
     if grad_mean is not None:
         terms.append((_per_row(grad_mean).to(r.dtype) / d).expand_as(xhat))  # G_mu / D
