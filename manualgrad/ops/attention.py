@@ -103,17 +103,21 @@ class ManualAttentionFunction(Function):
         safe: bool,
         need_probs: bool,
     ):
-        scores = _scores(query, key, mask, scale, causal)  # S  (*, L, S), float32 at least
+        scores = _scores(query, key, mask, scale)  # S  (*, L, S), float32 at least
+        below = _below(scores) if causal else None  # 1 on and below the diagonal  (L, S)
         if scores.shape[-1] == 0:  # no keys: amax has nothing to reduce; P is empty
             peak = scores.new_zeros(scores.shape[:-1] + (1,))
-        else:
+        elif below is None:
             peak = scores.amax(-1, keepdim=True)  # row max m  (*, L, 1)
-        peak = peak.masked_fill(peak == _NEG_INF, 0.0)  # a fully masked row: exp(-inf - 0) = 0
-        exps = scores.sub_(peak).exp_()  # exp(S - m), in place  (*, L, S)
+        else:  # the max over the keys a row attends (causal: never none)
+            peak = (scores + _above(scores)).amax(-1, keepdim=True)
+        if mask is not None:  # only a given mask can mask a whole row: exp(-inf - 0) = 0
+            peak = peak.masked_fill(peak == _NEG_INF, 0.0)
+        exps = _exp(scores.sub_(peak), below)  # exp(S - m), in place  (*, L, S)
         total = exps.sum(-1, keepdim=True)  # (*, L, 1)
         lse = (peak + total.log()).squeeze(-1)  # m + log sum exp(S - m)  (*, L)
-        if safe:  # a fully masked row: P = 0 and lse = 0, so P = exp(S - lse) = 0 again
-            lse = lse.masked_fill(lse == _NEG_INF, 0.0)
+        if safe and mask is not None:  # a fully masked row: P = 0 and lse = 0, so
+            lse = lse.masked_fill(lse == _NEG_INF, 0.0)  # P = exp(S - lse) = 0 again
             total = total.masked_fill(total == 0, 1.0)
         probs = exps.div_(total).to(query.dtype)  # P  (*, L, S); 0 / 0 = NaN unless safe
         if dropout_p == 1:
@@ -186,15 +190,11 @@ class ManualAttentionFunction(Function):
         return (out_t, lse_t, None, dropped_t) if ctx.need_probs else (out_t, lse_t, None)
 
 
-def _scores(query: Tensor, key: Tensor, mask: Tensor | None, scale: float, causal: bool) -> Tensor:
+def _scores(query: Tensor, key: Tensor, mask: Tensor | None, scale: float) -> Tensor:
     """``S = scale Q K^T + mask  (*, L, S)``, in float32 at least (a bool mask: -inf where
-    False; ``causal``: -inf above the diagonal, counted from the top left)."""
+    False). The causal mask is not in it: see :func:`_exp`."""
     acc = torch.promote_types(query.dtype, torch.float32)
     scores = ((query * scale) @ key.transpose(-2, -1)).to(acc)  # (*, L, S)
-    if causal:  # made afresh where needed rather than kept: True above the diagonal  (L, S)
-        length, source = scores.shape[-2:]
-        above = torch.ones(length, source, dtype=torch.bool, device=scores.device).triu(1)
-        return scores.masked_fill(above, _NEG_INF)
     if mask is None:
         return scores
     if mask.dtype == torch.bool:
@@ -204,10 +204,36 @@ def _scores(query: Tensor, key: Tensor, mask: Tensor | None, scale: float, causa
     return scores + mask
 
 
+def _below(scores: Tensor) -> Tensor:
+    """The causal mask, top-left aligned, as a float factor ``(L, S)``: 1 where query ``i``
+    may attend key ``j`` (``j <= i``), 0 above the diagonal. Made afresh, not kept."""
+    length, source = scores.shape[-2:]
+    return torch.ones(length, source, dtype=scores.dtype, device=scores.device).tril_()
+
+
+def _above(scores: Tensor) -> Tensor:
+    """The causal mask as an additive one ``(L, S)``: -inf above the diagonal, else 0."""
+    length, source = scores.shape[-2:]
+    full = torch.full((length, source), _NEG_INF, dtype=scores.dtype, device=scores.device)
+    return full.triu_(1)
+
+
+def _exp(shifted: Tensor, below: Tensor | None) -> Tensor:
+    """``exp(S - c)`` for a row shift ``c`` at least the row's max over attended keys, in
+    place. Causal (``below`` given): ``exp(min(S - c, 0)) * below``, the masked keys made 0
+    by a product rather than by ``-inf`` scores (``exp(-inf)`` takes a slow path on CPU).
+    The clamp changes no attended key, where ``S - c <= 0`` already, and keeps a masked
+    one from overflowing into ``inf * 0``."""
+    if below is None:
+        return shifted.exp_()
+    return shifted.clamp_max_(0.0).exp_() * below  # not in place: exp's backward reads it
+
+
 def _probs(query, key, mask, lse: Tensor, scale: float, causal: bool) -> Tensor:
     """``P = exp(S - lse)  (*, L, S)``, in the query's dtype: the softmax, recomputed."""
-    scores = _scores(query, key, mask, scale, causal)
-    return torch.exp(scores - lse.unsqueeze(-1)).to(query.dtype)
+    scores = _scores(query, key, mask, scale)
+    below = _below(scores) if causal else None
+    return _exp(scores - lse.unsqueeze(-1), below).to(query.dtype)
 
 
 def _grad_scores(probs, dropped, factor, value, out, grad_out, grad_lse, grad_probs):

@@ -148,15 +148,15 @@ def _vjp(
     g = None if grad_out is None else _rows(grad_out, shape)  # G  (N, D)
     grad_input = grad_weight = grad_bias = None
     if need_bias and g is not None:
-        grad_bias = g.to(_acc(g)).sum(0).view(shape).to(bias_dtype)  # sum of G over rows  S
+        grad_bias = _as(_as(g, _acc(g)).sum(0).view(shape), bias_dtype)  # sum of G over rows  S
     if need_input or need_weight:
         xhat, r = _normalized(input, mean, rstd, shape)  # (N, D), (N, 1)
-        g = None if g is None else g.to(xhat.dtype)
+        g = None if g is None else _as(g, xhat.dtype)
         if need_weight and g is not None:
-            grad_weight = (g * xhat).sum(0).view(shape).to(weight_dtype)  # S
+            grad_weight = _as((g * xhat).sum(0).view(shape), weight_dtype)  # S
         if need_input:
             grad = _grad_input(g, weight, xhat, r, grad_mean, grad_rstd)  # (N, D)
-            grad_input = None if grad is None else grad.to(input.dtype).reshape(input.shape)
+            grad_input = None if grad is None else _as(grad, input.dtype).reshape(input.shape)
     return grad_input, grad_weight, grad_bias
 
 
@@ -172,13 +172,15 @@ def _grad_input(
     the ``mu`` and ``r`` outputs in double backward (``dmu/dx = 1/D``,
     ``dr/dx = -r^2 xhat / D``). None when no gradient reaches ``x``."""
     terms = []
-    if g is not None:
-        dxhat = g if weight is None else g * weight.reshape(-1).to(g.dtype)  # G * w  (N, D)
-        mean_dxhat = dxhat.mean(1, keepdim=True)  # (N, 1)
-        mean_dxhat_xhat = (dxhat * xhat).mean(1, keepdim=True)  # (N, 1)
-        # r (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), the last two terms in one addcmul
-        terms.append(r * torch.addcmul(dxhat - mean_dxhat, xhat, mean_dxhat_xhat, value=-1))
     d = max(xhat.shape[1], 1)  # D (max: an empty row has an empty gradient)
+    if g is not None:
+        dxhat = g if weight is None else g * _as(weight.reshape(-1), g.dtype)  # G * w  (N, D)
+        sum_dxhat = dxhat.sum(1, keepdim=True)  # D mean(dxhat)  (N, 1)
+        sum_dxhat_xhat = (dxhat * xhat).sum(1, keepdim=True)  # D mean(dxhat xhat)  (N, 1)
+        # r (dxhat - xhat sum(dxhat xhat) / D - sum(dxhat) / D): the means as sums, whose
+        # 1/D rides on the ops that use them (a mean is a sum and a division: two passes)
+        centred = torch.addcmul(dxhat, xhat, sum_dxhat_xhat, value=-1 / d)
+        terms.append(centred.sub_(sum_dxhat, alpha=1 / d).mul_(r))
     if grad_mean is not None:
         terms.append((_per_row(grad_mean).to(r.dtype) / d).expand_as(xhat))  # G_mu / D
     if grad_rstd is not None:
@@ -187,6 +189,12 @@ def _grad_input(
     for term in terms:
         grad = term if grad is None else grad + term
     return grad
+
+
+def _as(t: Tensor, dtype: torch.dtype | None) -> Tensor:
+    """``t`` in ``dtype``: itself when it has it already (no call into torch: a backward
+    on small tensors is mostly such calls)."""
+    return t if t.dtype == dtype or dtype is None else t.to(dtype)
 
 
 def _acc(t: Tensor) -> torch.dtype:
@@ -199,8 +207,8 @@ def _normalized(
 ) -> tuple[Tensor, Tensor]:
     """``xhat = (x - mu) r  (N, D)`` and ``r  (N, 1)``, recomputed from the saved tensors."""
     acc = _acc(input)
-    r = _per_row(rstd).to(acc)  # (N, 1)
-    return (_rows(input, shape).to(acc) - _per_row(mean).to(acc)) * r, r
+    r = _as(_per_row(rstd), acc)  # (N, 1)
+    return (_as(_rows(input, shape), acc) - _as(_per_row(mean), acc)) * r, r
 
 
 def _rows(t: Tensor, shape: tuple[int, ...]) -> Tensor:
