@@ -226,7 +226,6 @@ class ManualSigmoidFunction(_Elementwise):
 
 
 _SQRT_HALF = math.sqrt(0.5)  # 1 / sqrt(2)
-_INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)  # the normal density's factor
 _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 _KAPPA = 0.044715  # the cubic coefficient of the tanh approximation
 
@@ -271,11 +270,14 @@ class ManualGELUFunction(_Elementwise):
     @staticmethod
     def chain(v: Tensor, x: Tensor, approximate: str) -> Tensor:
         if approximate == "none":
-            # in place on fresh temporaries (fewer passes; no backward of erf or x * x
-            # reads what is overwritten); exp_: CUDA autocast runs exp() in float32
-            cdf = torch.erf(x * _SQRT_HALF).mul_(0.5).add_(0.5)  # Phi(x)
-            density = (x * x).mul_(-0.5).exp_()  # sqrt(2 pi) phi(x) = exp(-x^2 / 2)
-            return v * torch.addcmul(cdf, x, density, value=_INV_SQRT_2PI)  # (*)
+            # With t = x / sqrt 2: Phi(x) = (1 + erf t) / 2 and phi(x) = exp(-t^2) / sqrt(2 pi),
+            # so Phi + x phi = (1 + erf t + sqrt(2/pi) x exp(-t^2)) / 2: 8 ops. In place on
+            # fresh temporaries (no backward reads what is overwritten); exp_: CUDA
+            # autocast runs exp() in float32
+            t = x * _SQRT_HALF
+            inner = torch.addcmul(torch.erf(t), x, (t * t).neg_().exp_(), value=_SQRT_2_OVER_PI)
+            half = v * 0.5
+            return torch.addcmul(half, half, inner)  # v/2 (1 + inner)  (*)
         x2 = x * x
         t = torch.tanh(_SQRT_2_OVER_PI * x * (1 + _KAPPA * x2))  # tanh(u)
         du_dx = _SQRT_2_OVER_PI * (1 + 3 * _KAPPA * x2)
