@@ -71,6 +71,11 @@ class ManualAttentionFunction(Function):
     dropout noise and ``Pd`` as well. ``O``, ``lse`` and the dropout mask are outputs of this
     Function, so double backward through them is right (pytorch issue 104040).
 
+    The causal mask enters as in native's math backend, added to the scores (``-inf``
+    above the diagonal) for the row max and as a 0/1 factor after the exponential (see
+    :func:`_exp`), so a NaN or ``+inf`` score above the diagonal (a non-finite key) makes its
+    row NaN, as there; native's fused kernels skip those keys instead.
+
     ``safe`` picks what a fully masked row gives: True, ``P = 0`` and ``O = 0`` (native
     SDPA's ``_safe_softmax``: ``lse = -inf`` is replaced by 0); False, NaN (plain softmax,
     as ``nn.MultiheadAttention`` with ``need_weights=True``). The dropout mask is drawn as
@@ -109,15 +114,14 @@ class ManualAttentionFunction(Function):
             peak = scores.new_zeros(scores.shape[:-1] + (1,))
         elif below is None:
             peak = scores.amax(-1, keepdim=True)  # row max m  (*, L, 1)
-        else:  # the max over the keys a row attends (causal: never none)
+        else:  # the max over the keys a row attends
             peak = (scores + _above(scores)).amax(-1, keepdim=True)
-        if mask is not None:  # only a given mask can mask a whole row: exp(-inf - 0) = 0
-            peak = peak.masked_fill(peak == _NEG_INF, 0.0)
+        peak = peak.masked_fill(peak == _NEG_INF, 0.0)  # a fully masked row: exp(-inf - 0) = 0
         exps = _exp(scores.sub_(peak), below)  # exp(S - m), in place  (*, L, S)
         total = exps.sum(-1, keepdim=True)  # (*, L, 1)
         lse = (peak + total.log()).squeeze(-1)  # m + log sum exp(S - m)  (*, L)
-        if safe and mask is not None:  # a fully masked row: P = 0 and lse = 0, so
-            lse = lse.masked_fill(lse == _NEG_INF, 0.0)  # P = exp(S - lse) = 0 again
+        if safe:  # a fully masked row: P = 0 and lse = 0, so P = exp(S - lse) = 0 again
+            lse = lse.masked_fill(lse == _NEG_INF, 0.0)
             total = total.masked_fill(total == 0, 1.0)
         probs = exps.div_(total).to(query.dtype)  # P  (*, L, S); 0 / 0 = NaN unless safe
         if dropout_p == 1:

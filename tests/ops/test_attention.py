@@ -215,6 +215,25 @@ def test_fully_masked_rows_give_zero_like_native(device):
     )
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_causal_attention_with_a_nonfinite_key_is_as_native_math_backends(bad):
+    """The causal mask enters as in native's math backend (added to the scores), so a
+    non-finite key gives what it gives there, row by row: with NaN or +inf, NaN also in the
+    rows before it, which see it above the diagonal; a row whose every attended score is
+    -inf gives 0, as native's safe softmax."""
+    q, k, v = _qkv(q=(1, 2, 5, 4), k=(1, 2, 5, 4), v=(1, 2, 5, 3))
+    q, k = q.clone(), k.clone()
+    k[:, 0, 3, 0] = bad  # head 0, key 3: attended by rows 3 and 4, above the diagonal
+    q[:, 1, 0, :], k[:, 1, 0, :] = 1.0, float("-inf")  # head 1, row 0 attends key 0: -inf
+    out = sdpa(q, k, v, is_causal=True)
+    with sdpa_kernel(SDPBackend.MATH):
+        expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(out, expected, equal_nan=True, **tolerances(F64))
+    if bad != bad:  # NaN: in the rows before key 3 too (native's fused kernels skip it)
+        assert out[:, 0].isnan().all()
+    assert torch.equal(out[:, 1, 0], torch.zeros_like(out[:, 1, 0]))
+
+
 def test_dropout_draws_native_mask_and_advances_rng_alike():
     q, k, v = _qkv()
     torch.manual_seed(7)
