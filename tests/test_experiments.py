@@ -113,7 +113,7 @@ def test_the_tiny_gpt_sorts_as_stated(workdir, capsys):
     assert [s for s, _ in audit] == list(range(0, 760, 50))  # 40 epochs of 19 batches
     # float32 round-off: late in training the gradients are small sums of cancelling terms,
     # and native's own error against float64 is as large (tests/test_gpt.py); early on it
-    # reads about 1e-6, late up to 7.4e-4 (the README's figure), and a wrong derivative
+    # reads about 1e-6, late up to 7.4e-4 (1.3e-4 in the README's figure); a wrong derivative
     # would read order 1
     assert max(v for _, v in audit[:3]) < 1e-5
     assert max(v for _, v in audit) < 1e-2
