@@ -344,9 +344,16 @@ def _index_grad(logp, target, weight, ignore_index, eps, scale) -> Tensor:
     if eps > 0:  # minus the uniform part of a r: (e / C) w_j r_n
         w = grad.new_ones(()) if weight is None else _classes(weight, grad.dim())
         grad = _addcmul(grad, w, r.unsqueeze(1), -eps / n_classes)
-    # minus the class part of a r: (1 - e) w[y_n] r_n at y_n, written into ``grad`` (fresh,
-    # batched like every operand under vmap, and saved by no backward node)
-    return grad.scatter_add_(1, safe.unsqueeze(1), (-(1 - eps) * wr).unsqueeze(1))
+    # minus the class part of a r: (1 - e) w[y_n] r_n at y_n
+    class_part = (-(1 - eps) * wr).unsqueeze(1)  # (N, 1, *)
+    if torch.compiler.is_compiling():
+        # traced: as a comparison with the class index, which inductor fuses with the rest
+        # into one loop (a scatter is a kernel of its own)
+        classes = torch.arange(n_classes, device=grad.device).view(-1, *(1,) * (grad.dim() - 2))
+        return grad + torch.where(classes == safe.unsqueeze(1), class_part, 0)
+    # eager: written into ``grad`` (fresh, batched like every operand under vmap, and saved
+    # by no backward node)
+    return grad.scatter_add_(1, safe.unsqueeze(1), class_part)
 
 
 def _prob_grads(ctx, logp, target, weight, grad_loss):
