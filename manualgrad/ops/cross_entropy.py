@@ -349,7 +349,7 @@ def _index_grad(logp, target, weight, ignore_index, eps, scale) -> Tensor:
     if torch.compiler.is_compiling():
         # traced: as a comparison with the class index, which inductor fuses with the rest
         # into one loop (a scatter is a kernel of its own)
-        classes = torch.arange(n_classes, device=grad.device).view(-1, *(1,) * (grad.dim() - 2))
+        classes = _classes(torch.arange(n_classes, device=grad.device), grad.dim())  # (C, 1..)
         return grad + torch.where(classes == safe.unsqueeze(1), class_part, 0)
     # eager: written into ``grad`` (fresh, batched like every operand under vmap, and saved
     # by no backward node)
