@@ -73,15 +73,20 @@ def test_large_eager_backward_runs_the_compiled_formula_and_matches_native(
         torch.testing.assert_close(gm, gn, **TOL)
 
 
-def test_dropout_large_backward_is_the_compiled_formula_and_native(counted):
-    x = torch.randn(ROWS, COLS, requires_grad=True)
-    upstream = torch.randn(ROWS, COLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_large_forward_and_backward_are_the_compiled_formula_and_native(dtype, counted):
+    """Forward (``(X * M) * s``) and backward (``(G * M) * s``) both run the compiled
+    formula, and still equal native's ``X * noise`` and ``G * noise`` to the bit."""
+    x = torch.randn(ROWS, COLS, dtype=dtype, requires_grad=True)
+    upstream = torch.randn(ROWS, COLS, dtype=dtype)
     torch.manual_seed(0)
-    (grad_m,) = torch.autograd.grad(M.dropout(x, 0.3), x, upstream)
+    out_m = M.dropout(x, 0.3)
+    (grad_m,) = torch.autograd.grad(out_m, x, upstream)
     torch.manual_seed(0)
-    (grad_n,) = torch.autograd.grad(F.dropout(x, 0.3), x, upstream)
-    assert counted("dropout._masked") == 1
-    torch.testing.assert_close(grad_m, grad_n, **tolerances(torch.float32))
+    out_n = F.dropout(x, 0.3)
+    (grad_n,) = torch.autograd.grad(out_n, x, upstream)
+    assert counted("dropout._times_mask") == 2
+    assert torch.equal(out_m, out_n) and torch.equal(grad_m, grad_n)
 
 
 def test_a_planted_error_in_the_compiled_formula_reaches_the_gradient(monkeypatch):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor, nn
 from torch.autograd import Function
@@ -42,12 +44,16 @@ class ManualDropoutFunction(Function):
     wrapper returns ``Y`` alone.
 
     The mask is drawn with native's own calls, so under the same seed it is native's mask.
-    On CPU: ``torch.empty_like(X).bernoulli_(1 - p)``, ``div_(1 - p)``, ``X * noise``, as
-    ATen's ``_dropout``: output and gradient equal native's to the bit (tested; the fused
-    ``torch.native_dropout`` rounds differently on CPU, e.g. at ``p = 1e-6``). On CUDA (and
-    xpu, lazy) native calls the fused ``torch.native_dropout``, and so does this forward: the
-    same mask and output; the gradient differs from native's fused backward in rounding
-    only. Under torch.compile the RNG is the compiler's: another mask, the same rule.
+    On CPU, ATen's ``_dropout`` draws ``noise = empty_like(X).bernoulli_(1 - p)`` and
+    multiplies by ``noise.div_(1 - p)``; CPU ``bernoulli_`` draws the same stream whatever
+    dtype it writes, so this forward draws ``M`` as bool directly and computes
+    ``(X * M) * s``, with ``s`` the very value ``1 / (1 - p)`` native's noise holds: output
+    and gradient equal native's to the bit (tested). The draw writes 1 byte per element,
+    not 4, and no pass converts it (the fused ``torch.native_dropout`` rounds differently
+    on CPU, e.g. at ``p = 1e-6``, so it is not used there). On CUDA (and xpu, lazy) native
+    calls the fused ``torch.native_dropout``, and so does this forward: the same mask and
+    output; the gradient differs from native's fused backward in rounding only. Under
+    torch.compile the RNG is the compiler's: another mask, the same rule.
     """
 
     #: each gradient's formula, by forward argument (shown by manualgrad.explain)
@@ -59,14 +65,10 @@ class ManualDropoutFunction(Function):
 
     @staticmethod
     def forward(input: Tensor, p: float, fused: bool) -> tuple[Tensor, Tensor]:
-        if p == 1:
-            mask = torch.zeros((), dtype=torch.bool, device=input.device)  # nothing drawn
-            return input * _scaled(mask, p, input.dtype), mask  # X * 0, as ATen
-        if fused:
+        if fused and p != 1:
             return torch.native_dropout(input, p, True)  # (Y, M): the fused kernel's own
-        noise = torch.empty_like(input).bernoulli_(1 - p)  # M, in X's dtype and layout  (*)
-        mask = noise.bool()
-        return input * noise.div_(1 - p), mask
+        mask = _draw_mask(input, p)  # M  (*); for p = 1 a 0-dim False, nothing drawn
+        return _masked(input, mask, p), mask  # X * M / (1 - p); X * 0 for p = 1, as ATen
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -113,8 +115,7 @@ class ManualDropoutInplaceFunction(Function):
 
     @staticmethod
     def forward(input: Tensor, mask: Tensor, p: float) -> Tensor:
-        input.mul_(_scaled(mask, p, input.dtype))  # X * M / (1 - p), into X  (*)
-        return input
+        return _mask_(input, mask, p)  # X * M / (1 - p), into X  (*)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -130,28 +131,71 @@ class ManualDropoutInplaceFunction(Function):
     @staticmethod
     def jvp(ctx, input_t: Tensor, _mask_t: None, _p: None):
         (mask,) = ctx.saved_tensors
-        input_t.mul_(_scaled(mask, ctx.p, input_t.dtype))  # in place, as the input
-        return input_t
+        return _mask_(input_t, mask, ctx.p)  # in place, as the input
 
 
-def _scaled(mask: Tensor, p: float, dtype: torch.dtype) -> Tensor:
-    """``M / (1 - p)`` in ``dtype`` (``(*)``, or a 0-dim zero for ``p = 1``): the ops
-    native forward makes its noise with, so ``G * noise`` is native's gradient to the bit."""
-    noise = mask.to(dtype)
-    return noise if p == 1 else noise / (1 - p)
+def _scale(p: float, t: Tensor) -> float | Tensor | None:
+    """``1 / (1 - p)`` as native's noise holds it for a kept element: ``1`` divided by
+    ``1 - p`` in ``t``'s dtype (ATen's ``noise.div_(1 - p)``), exact in that dtype. So
+    ``(v * M) * scale`` is native's ``v * noise`` to the bit: ``v * 1 * scale`` where
+    ``M = 1``, and ``v * 0`` (a signed zero, NaN for inf or NaN) where ``M = 0``. None for
+    ``p = 1``: nothing to scale (``v * 0``, as ATen: no ``1/0``)."""
+    if p == 1:
+        return None
+    if torch.compiler.is_compiling():  # a 0-dim tensor the graph folds (.item() would break it)
+        return torch.ones((), dtype=t.dtype, device=t.device).div_(1 - p)
+    return _eager_scale(p, t.dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _eager_scale(p: float, dtype: torch.dtype) -> float:
+    return torch.ones((), dtype=dtype).div_(1 - p).item()
+
+
+def _masked(v: Tensor, mask: Tensor, p: float) -> Tensor:
+    """``v * M / (1 - p)``, ``M`` bool: the forward's product and the rule of backward and
+    jvp."""
+    return _times_mask(v, mask, _scale(p, v))
 
 
 @_fused.fused  # (not the forward's `fused` flag: that picks native's dropout kernel)
-def _masked(v: Tensor, mask: Tensor, p: float) -> Tensor:
-    """``v * M / (1 - p)``: the rule of backward and jvp (fused on large eager tensors)."""
-    return v * _scaled(mask, p, v.dtype)
+def _times_mask(v: Tensor, mask: Tensor, scale: float | Tensor | None) -> Tensor:
+    """``(v * M) * scale``, fused on large eager tensors (the scale is looked up outside,
+    so that the compiled loop multiplies by the very value native's noise holds). In eager
+    code ``M`` is read as the uint8 it is stored as: the same 0/1 bytes, and ATen's CPU
+    product with uint8 runs twice as fast as with bool (10 us against 21 at 16K elements);
+    a compiled loop reads bool as fast, and a dtype view there would slow it down."""
+    if not torch.compiler.is_compiling():
+        mask = mask.view(torch.uint8)
+    out = v.mul(mask)
+    return out if scale is None else out.mul_(scale)  # a fresh temporary: in place
+
+
+def _mask_(t: Tensor, mask: Tensor, p: float) -> Tensor:
+    """``t *= M / (1 - p)``, in place: the in-place forward and its tangent. The scale is
+    looked up first, so an integer ``t`` raises native's error before anything is written."""
+    scale = _scale(p, t)
+    t.mul_(mask)
+    if scale is not None:
+        t.mul_(scale)
+    return t  # the object itself, as autograd and Dynamo want an in-place result back
 
 
 def _draw_mask(input: Tensor, p: float) -> Tensor:
-    """The bool mask native in-place dropout draws (none for ``p = 1``: a 0-dim False)."""
+    """The bool mask native dropout draws with ``bernoulli_`` on a tensor like ``X`` (none
+    for ``p = 1``: a 0-dim False). On the CPU, ATen's ``bernoulli_`` draws the same stream
+    whatever dtype it writes (tested against native under the same seed), so the mask is
+    drawn as bool directly, not in ``X``'s dtype and converted (a pass over memory)."""
     if p == 1:
         return torch.zeros((), dtype=torch.bool, device=input.device)
+    if input.device.type == "cpu" and input.dtype in _DRAWN_AS_BOOL:
+        return torch.empty_like(input, dtype=torch.bool).bernoulli_(1 - p)  # (*)
     return torch.empty_like(input).bernoulli_(1 - p).bool()  # drawn in X's dtype  (*)
+
+
+# the dtypes whose CPU dropout draws its mask as bool; any other (integers, complex) is
+# drawn in its own dtype, as natively, so that native's errors come out of native's calls
+_DRAWN_AS_BOOL = frozenset({torch.float32, torch.float64, torch.bfloat16, torch.float16})
 
 
 _dropout = ManualOp(ManualDropoutFunction)
