@@ -14,7 +14,10 @@ from torch import Tensor
 from manualgrad.check import _STRUCTURAL, compare
 from manualgrad.ops._apply import ManualOp, hand_derived_function
 
-__all__ = ["ExplainRow", "Gradient", "SavedTensor", "native_reference"]
+__all__ = ["NO_REFERENCE", "ExplainRow", "Gradient", "SavedTensor", "native_reference"]
+
+#: how a row's note begins when native autograd could not differentiate its reference
+NO_REFERENCE = "native reference failed"
 
 
 @dataclass(frozen=True)
@@ -196,7 +199,7 @@ def hand_derived_row(call: Call, node, grad_inputs, grad_outputs, labels, tiny) 
             None,
             None,
             False,
-            f"native reference failed: {error}",
+            f"{NO_REFERENCE}: {error}",
         )
     diffs = []
     for pos, g in manual.items():

@@ -126,6 +126,21 @@ def test_a_planted_wrong_derivation_is_named_by_op_and_module_and_only_it(monkey
     assert "WRONG DERIVATION: WrongManualTanhFunction in module 1" in str(e)
 
 
+def test_a_native_reference_that_cannot_run_is_unchecked_not_a_wrong_derivation(monkeypatch):
+    def refuse(*args):
+        raise RuntimeError("no reference here")
+
+    monkeypatch.setattr(ManualTanhFunction, "native", staticmethod(refuse), raising=False)
+    e = manualgrad.explain(
+        mlp(), torch.randn(5, 3), target=torch.randn(5, 2), loss_fn=ManualMSELoss()
+    )
+    assert not e.passed  # a check that did not run is not a pass
+    assert [(r.op, r.module) for r in e.failed] == [("ManualTanhFunction", "1")]
+    text = str(e)
+    assert "UNCHECKED: ManualTanhFunction in module 1: native reference failed: " in text
+    assert "no reference here" in text and "WRONG" not in text
+
+
 def test_native_ops_are_listed_as_native_rows():
     torch.manual_seed(0)
     model = nn.Sequential(ManualLinear(3, 4), nn.Tanh(), ManualLinear(4, 1))
