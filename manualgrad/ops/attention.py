@@ -7,12 +7,14 @@ The module that uses it, :class:`~manualgrad.ops.multihead.ManualMultiheadAttent
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 from torch.autograd import Function
 
 from manualgrad.ops._apply import ManualOp, autocast_dtype
+from manualgrad.ops.dropout import _draw_mask, _masked
 
 __all__ = ["ManualAttentionFunction", "scaled_dot_product_attention"]
 
@@ -124,13 +126,9 @@ class ManualAttentionFunction(Function):
             lse = lse.masked_fill(lse == _NEG_INF, 0.0)
             total = total.masked_fill(total == 0, 1.0)
         probs = exps.div_(total).to(query.dtype)  # P  (*, L, S); 0 / 0 = NaN unless safe
-        if dropout_p == 1:
-            keep = torch.zeros((), dtype=torch.bool, device=query.device)  # nothing drawn
-            dropped = probs * 0.0  # as ATen: input * 0
-        elif dropout_p > 0:
-            noise = torch.empty_like(probs).bernoulli_(1 - dropout_p)  # M  (*, L, S)
-            keep = noise.bool()
-            dropped = probs * noise.div_(1 - dropout_p)  # Pd
+        if dropout_p > 0:  # M (*, L, S) drawn as native dropout draws it (for p = 1: none)
+            keep = _draw_mask(probs, dropout_p)
+            dropped = _masked(probs, keep, dropout_p)  # Pd = P * M / (1 - p); P * 0 for p = 1
         else:
             keep = torch.zeros((), dtype=torch.bool, device=query.device)  # unused
             dropped = probs
@@ -153,15 +151,13 @@ class ManualAttentionFunction(Function):
         query, key, value, mask, out, lse, keep = ctx.saved_tensors
         need_q, need_k, need_v, need_mask = ctx.needs_input_grad[:4]
         probs = _probs(query, key, mask, lse, ctx.scale, ctx.causal)  # P, recomputed  (*, L, S)
-        factor = _dropout_factor(keep, ctx.dropout_p, probs.dtype)  # M / (1 - p) or None
-        dropped = probs if factor is None else probs * factor  # Pd  (*, L, S)
+        drop = _dropout(keep, ctx.dropout_p)  # t -> t * M / (1 - p)
+        dropped = drop(probs)  # Pd  (*, L, S)
         grad_q = grad_k = grad_v = grad_mask = grad_s = None
         if need_v and grad_out is not None:
             grad_v = _sum_to(dropped.transpose(-2, -1) @ grad_out, value.shape)  # Pd^T G
         if need_q or need_k or need_mask:  # dS  (*, L, S)
-            grad_s = _grad_scores(
-                probs, dropped, factor, value, out, grad_out, grad_lse, grad_probs
-            )
+            grad_s = _grad_scores(probs, dropped, drop, value, out, grad_out, grad_lse, grad_probs)
         if grad_s is not None:
             if need_q:
                 grad_q = _sum_to(ctx.scale * (grad_s @ key), query.shape)  # scale dS K
@@ -175,7 +171,7 @@ class ManualAttentionFunction(Function):
     def jvp(ctx, query_t, key_t, value_t, mask_t, *_flags):
         query, key, value, mask, out, lse, keep = ctx.saved_tensors
         probs = _probs(query, key, mask, lse, ctx.scale, ctx.causal)  # P  (*, L, S)
-        factor = _dropout_factor(keep, ctx.dropout_p, probs.dtype)
+        drop = _dropout(keep, ctx.dropout_p)  # t -> t * M / (1 - p)
         scores_t = torch.zeros((), dtype=probs.dtype, device=probs.device)  # dS  (*, L, S)
         if query_t is not None:
             scores_t = scores_t + ctx.scale * (query_t @ key.transpose(-2, -1))  # dQ K^T
@@ -185,10 +181,10 @@ class ManualAttentionFunction(Function):
             scores_t = scores_t + mask_t
         lse_t = (probs * scores_t).sum(-1)  # dlse  (*, L)
         probs_t = probs * (scores_t - lse_t.unsqueeze(-1))  # dP  (*, L, S)
-        dropped_t = probs_t if factor is None else probs_t * factor  # dPd
+        dropped_t = drop(probs_t)  # dPd
         out_t = dropped_t @ value  # dPd V  (*, L, Ev)
         if value_t is not None:
-            dropped = probs if factor is None else probs * factor
+            dropped = drop(probs)
             out_t = out_t + dropped @ value_t  # Pd dV
         lse_t = lse_t.to(lse.dtype)
         return (out_t, lse_t, None, dropped_t) if ctx.need_probs else (out_t, lse_t, None)
@@ -240,7 +236,7 @@ def _probs(query, key, mask, lse: Tensor, scale: float, causal: bool) -> Tensor:
     return _exp(scores - lse.unsqueeze(-1), below).to(query.dtype)
 
 
-def _grad_scores(probs, dropped, factor, value, out, grad_out, grad_lse, grad_probs):
+def _grad_scores(probs, dropped, drop, value, out, grad_out, grad_lse, grad_probs):
     """``dS = P * (dP - D) + P * G_lse  (*, L, S)`` from whichever upstream gradients
     arrived (None if none did): ``dL/dPd = G V^T + G_P``, ``dP = dL/dPd * M / (1 - p)``,
     ``D = rowsum(G * O) + rowsum(G_P * Pd)``."""
@@ -253,7 +249,7 @@ def _grad_scores(probs, dropped, factor, value, out, grad_out, grad_lse, grad_pr
         rowsum = extra if rowsum is None else rowsum + extra
         grad_dropped = grad_probs if grad_dropped is None else grad_dropped + grad_probs
     if grad_dropped is not None:
-        grad_p = grad_dropped if factor is None else grad_dropped * factor  # dP
+        grad_p = drop(grad_dropped)  # dP = dL/dPd * M / (1 - p)
         grad_s = probs * (grad_p - rowsum.unsqueeze(-1))  # P * (dP - D)
     if grad_lse is not None:
         from_lse = probs * grad_lse.unsqueeze(-1).to(probs.dtype)  # dlse/dS = P
@@ -261,12 +257,11 @@ def _grad_scores(probs, dropped, factor, value, out, grad_out, grad_lse, grad_pr
     return grad_s
 
 
-def _dropout_factor(keep: Tensor, p: float, dtype: torch.dtype) -> Tensor | None:
-    """``M / (1 - p)`` (0 for ``p = 1``), or None without dropout."""
+def _dropout(keep: Tensor | None, p: float) -> Callable[[Tensor], Tensor]:
+    """``t -> t * M / (1 - p)``, dropout's own product (the identity without dropout)."""
     if p == 0 or keep is None:
-        return None
-    noise = keep.to(dtype)
-    return noise if p == 1 else noise / (1 - p)
+        return lambda t: t
+    return lambda t: _masked(t, keep, p)
 
 
 def _sum_to(grad: Tensor, shape: torch.Size) -> Tensor:
