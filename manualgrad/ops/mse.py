@@ -7,10 +7,9 @@ from torch import Tensor, nn
 from torch.autograd import Function
 
 from manualgrad.ops._apply import ManualOp, autocast_dtype, warn_traceable
+from manualgrad.ops._loss_checks import REDUCTIONS
 
 __all__ = ["ManualMSEFunction", "mse_loss", "ManualMSELoss"]
-
-_REDUCTIONS = ("mean", "sum", "none")
 
 
 class ManualMSEFunction(Function):
@@ -118,7 +117,7 @@ _mse = ManualOp(ManualMSEFunction)
 
 def _check(input: Tensor, target: Tensor, reduction: str) -> None:
     """Raise the error the native op would, with a message that names the problem."""
-    if reduction not in _REDUCTIONS:
+    if reduction not in REDUCTIONS:
         raise ValueError(f"{reduction} is not a valid value for reduction")
     if not (input.is_floating_point() or target.is_floating_point()):
         raise NotImplementedError(
@@ -184,7 +183,7 @@ class ManualMSELoss(nn.MSELoss):
     """
 
     def __init__(self, reduction: str = "mean") -> None:
-        if reduction not in _REDUCTIONS:
+        if reduction not in REDUCTIONS:
             raise ValueError(f"{reduction} is not a valid value for reduction")
         super().__init__(reduction=reduction)
 
