@@ -17,6 +17,7 @@ __all__ = [
     "check_float_input",
     "check_index_target",
     "check_prob_target",
+    "check_reduction",
     "check_types",
     "label_smoothing",
     "reduction_of",
@@ -42,6 +43,11 @@ def reduction_of(size_average: bool | None, reduce: bool | None, reduction: str)
             "reduction='elementwise_mean' is deprecated. Please use reduction='mean' instead."
         )
         reduction = "mean"
+    return check_reduction(reduction)
+
+
+def check_reduction(reduction: str) -> str:
+    """``reduction`` itself, or torch's ValueError for a value it does not know."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"{reduction} is not a valid value for reduction")
     return reduction

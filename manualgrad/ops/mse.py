@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from torch.autograd import Function
 
 from manualgrad.ops._apply import ManualOp, autocast_dtype, warn_traceable
-from manualgrad.ops._loss_checks import REDUCTIONS
+from manualgrad.ops._loss_checks import check_reduction
 
 __all__ = ["ManualMSEFunction", "mse_loss", "ManualMSELoss"]
 
@@ -117,8 +117,7 @@ _mse = ManualOp(ManualMSEFunction)
 
 def _check(input: Tensor, target: Tensor, reduction: str) -> None:
     """Raise the error the native op would, with a message that names the problem."""
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"{reduction} is not a valid value for reduction")
+    check_reduction(reduction)
     if not (input.is_floating_point() or target.is_floating_point()):
         raise NotImplementedError(
             "mse_loss: expected floating-point input or target, "
@@ -183,9 +182,7 @@ class ManualMSELoss(nn.MSELoss):
     """
 
     def __init__(self, reduction: str = "mean") -> None:
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"{reduction} is not a valid value for reduction")
-        super().__init__(reduction=reduction)
+        super().__init__(reduction=check_reduction(reduction))
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return mse_loss(input, target, self.reduction)
